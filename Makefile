@@ -1,0 +1,44 @@
+# Entry points: `make test` and `make demo` work on a fresh machine from a clean clone.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_SPEC := torch==2.13.0
+
+.PHONY: install build test demo bench bench-quick lint clean
+
+$(VENV)/.torch-installed:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# Always pin torch: a bare `torch` would pull several GB of CUDA packages.
+	$(PIP) install --quiet $(TORCH_SPEC)
+	touch $@
+
+# The editable install (dependencies and the first compile) runs once; `build` then recompiles
+# the C++ extension incrementally in ./build. The lock keeps parallel builds from colliding.
+$(VENV)/.mmfast-installed: $(VENV)/.torch-installed pyproject.toml setup.py
+	flock .build.lock $(PIP) install --quiet --no-build-isolation -e ".[dev,triton]"
+	touch $@
+
+build: $(VENV)/.mmfast-installed
+	flock .build.lock $(PY) setup.py -q build_ext --inplace
+
+install: build
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+demo: install
+	$(PY) -m bench.quick
+
+bench: install
+	$(PY) -m pytest bench -q --benchmark-columns=median,iqr,rounds --benchmark-sort=name
+
+bench-quick: install
+	$(PY) -m bench.quick
+
+lint: install
+	$(PY) -m ruff check mmfast tests bench setup.py
+
+clean:
+	rm -rf build *.egg-info mmfast/_C*.so

@@ -1,0 +1,140 @@
+// concat_linear on the CPU: act(cat(inputs) @ weight.T + bias) and its backward.
+//
+// Forward: the segments are gathered into a reused scratch matrix (never part of the autograd
+// graph, never saved), then one GEMM accumulates over the whole K in float32 as F.linear would,
+// with bias and activation fused by oneDNN where that engine is the faster one. Backward: one
+// pass computes grad * act'(.) and the bias gradient, then GEMMs write the input and weight
+// gradients.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "activation_names.h"
+#include "concat_linear_checks.h"
+#include "cpu/activation_kernels.h"
+#include "cpu/gemm.h"
+#include "cpu/segments.h"
+
+namespace mmfast::cpu {
+namespace {
+
+at::Tensor linear_on_fastest_engine(GemmSite site, const at::Tensor& x, const at::Tensor& w,
+                                    const std::optional<at::Tensor>& bias, Activation act) {
+  const bool has_bias = bias.has_value() && bias->defined();
+  const TuneKey key{site, x.size(0), w.size(0), x.size(1), x.scalar_type(),
+                    static_cast<int>(act) * 2 + static_cast<int>(has_bias)};
+  return run_fastest(
+      key, [&] { return aten_linear(x, w, bias, act); }, [&] { return onednn_linear(x, w, bias, act); });
+}
+
+std::tuple<at::Tensor, at::Tensor> concat_linear_forward_cpu(at::TensorList inputs, const at::Tensor& weight,
+                                                             const std::optional<at::Tensor>& bias,
+                                                             c10::string_view activation, bool save_for_backward) {
+  const Activation act = parse_activation(activation);
+  const ConcatLinearShape shape = check_concat_linear_args(inputs, weight, bias);
+  const bool keep_preactivation =
+      save_for_backward && mmfast::saved_for_backward(act) == SavedForBackward::kPreactivation;
+  const auto options = inputs[0].options();
+  if (shape.rows == 0) {
+    return {at::empty(shape.output_sizes, options),
+            keep_preactivation ? at::empty(shape.output_sizes, options) : at::empty({0}, options)};
+  }
+  const at::Tensor x = gather_segments(inputs, shape.rows, shape.in_features);
+  const at::Tensor w = weight.contiguous();
+  if (!keep_preactivation) {
+    at::Tensor out = linear_on_fastest_engine(GemmSite::kConcatLinearForward, x, w, bias, act);
+    return {out.view(shape.output_sizes), at::empty({0}, options)};
+  }
+  at::Tensor pre = linear_on_fastest_engine(GemmSite::kConcatLinearForward, x, w, bias, Activation::kNone);
+  at::Tensor out = at::empty_like(pre);
+  activation_forward(pre, out, act);
+  return {out.view(shape.output_sizes), pre.view(shape.output_sizes)};
+}
+
+// grad_weight = grad_pre.T @ cat(inputs): ATen writes each segment's slice in place (no gather);
+// oneDNN runs one GEMM over the gathered segments.
+at::Tensor grad_weight_cpu(const at::Tensor& grad_pre, at::TensorList inputs, int64_t rows, int64_t in_features) {
+  const int64_t out_features = grad_pre.size(1);
+  const TuneKey key{GemmSite::kConcatLinearGradWeight, rows, out_features, in_features, grad_pre.scalar_type(),
+                    static_cast<int>(inputs.size())};
+  return run_fastest(
+      key,
+      [&] {
+        at::Tensor grad_weight = at::empty({out_features, in_features}, grad_pre.options());
+        int64_t offset = 0;
+        for (const auto& x : inputs) {
+          const int64_t width = x.size(-1);
+          at::Tensor slice = grad_weight.narrow(1, offset, width);
+          at::mm_out(slice, grad_pre.t(), x.reshape({rows, width}));
+          offset += width;
+        }
+        return grad_weight;
+      },
+      [&] {
+        const at::Tensor x = gather_segments(inputs, rows, in_features);
+        return onednn_linear(grad_pre.t(), x.t(), std::nullopt, Activation::kNone);
+      });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> concat_linear_backward_cpu(
+    const at::Tensor& grad_output, at::TensorList inputs, const at::Tensor& weight, const at::Tensor& saved,
+    c10::string_view activation, std::array<bool, 3> output_mask) {
+  const Activation act = parse_activation(activation);
+  TORCH_CHECK_VALUE(weight.dim() == 2, "weight: expected a 2-D tensor, got ", weight.sizes());
+  const int64_t out_features = weight.size(0);
+  const int64_t in_features = weight.size(1);
+  TORCH_CHECK_VALUE(grad_output.dim() >= 1 && grad_output.size(-1) == out_features,
+                    "grad_output: expected shape [*, ", out_features, "], got ", grad_output.sizes());
+  if (output_mask[1]) {
+    check_concat_linear_args(inputs, weight, std::nullopt);
+  }
+  const bool needs_saved = mmfast::saved_for_backward(act) != SavedForBackward::kNothing;
+  TORCH_CHECK_VALUE(!needs_saved || saved.sizes() == grad_output.sizes(), "saved: expected shape ",
+                    grad_output.sizes(), " for activation '", std::string(activation),
+                    "' (was the forward run with save_for_backward=False?), got ", saved.sizes());
+  const auto options = grad_output.options();
+  std::vector<int64_t> input_sizes(grad_output.sizes().begin(), grad_output.sizes().end());
+  input_sizes.back() = in_features;
+  const int64_t rows = grad_output.numel() / std::max<int64_t>(out_features, 1);
+
+  const at::Tensor grad2d = grad_output.reshape({rows, out_features}).contiguous();
+  at::Tensor grad_bias = output_mask[2] ? at::empty({out_features}, options) : at::empty({0}, options);
+  at::Tensor grad_pre;
+  if (act == Activation::kNone) {
+    grad_pre = grad2d;
+    if (output_mask[2]) {
+      grad_bias.copy_(grad2d.sum(0));
+    }
+  } else {
+    grad_pre = at::empty_like(grad2d);
+    activation_backward(grad2d, saved.reshape({rows, out_features}).contiguous(), act, grad_pre,
+                        output_mask[2] ? grad_bias : at::Tensor());
+  }
+
+  at::Tensor grad_input = at::empty({0}, options);
+  if (output_mask[0]) {
+    grad_input = rows == 0 ? at::empty(input_sizes, options)
+                           : linear_on_fastest_engine(GemmSite::kConcatLinearGradInput, grad_pre, weight.t(),
+                                                      std::nullopt, Activation::kNone)
+                                 .view(input_sizes);
+  }
+  at::Tensor grad_weight = at::empty({0}, options);
+  if (output_mask[1]) {
+    grad_weight = rows == 0 ? at::zeros({out_features, in_features}, options)
+                            : grad_weight_cpu(grad_pre, inputs, rows, in_features);
+  }
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
+  m.impl("concat_linear_forward", &concat_linear_forward_cpu);
+  m.impl("concat_linear_backward", &concat_linear_backward_cpu);
+}
+
+}  // namespace mmfast::cpu

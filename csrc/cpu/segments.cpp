@@ -1,0 +1,66 @@
+#include "cpu/segments.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cstring>
+#include <vector>
+
+namespace mmfast::cpu {
+namespace {
+
+// Grows, never shrinks: a training loop asks for the same size every step.
+at::Tensor scratch(int64_t numel, const at::TensorOptions& options) {
+  thread_local at::Tensor buffer;
+  if (!buffer.defined() || buffer.numel() < numel || buffer.scalar_type() != options.dtype().toScalarType()) {
+    buffer = at::empty({numel}, options);
+  }
+  return buffer.narrow(0, 0, numel);
+}
+
+}  // namespace
+
+at::Tensor gather_segments(at::TensorList inputs, int64_t rows, int64_t in_features) {
+  if (inputs.size() == 1) {
+    return inputs[0].reshape({rows, in_features});
+  }
+  at::Tensor out = scratch(rows * in_features, inputs[0].options()).view({rows, in_features});
+  std::vector<at::Tensor> segments;
+  segments.reserve(inputs.size());
+  bool rows_are_dense = true;
+  for (const auto& x : inputs) {
+    segments.push_back(x.reshape({rows, x.size(-1)}));
+    rows_are_dense = rows_are_dense && (segments.back().size(1) <= 1 || segments.back().stride(1) == 1);
+  }
+  if (!rows_are_dense) {
+    int64_t offset = 0;
+    for (const auto& segment : segments) {
+      out.narrow(1, offset, segment.size(1)).copy_(segment);
+      offset += segment.size(1);
+    }
+    return out;
+  }
+  // One pass over the rows copies every segment, so each output row is written once.
+  const int64_t item = out.element_size();
+  char* dst = static_cast<char*>(out.data_ptr());
+  std::vector<const char*> src;
+  std::vector<int64_t> row_stride, row_bytes;
+  for (const auto& segment : segments) {
+    src.push_back(static_cast<const char*>(segment.const_data_ptr()));
+    row_stride.push_back(segment.stride(0) * item);
+    row_bytes.push_back(segment.size(1) * item);
+  }
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(in_features * item, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      char* row = dst + r * in_features * item;
+      for (size_t s = 0; s < src.size(); ++s) {
+        std::memcpy(row, src[s] + r * row_stride[s], row_bytes[s]);
+        row += row_bytes[s];
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace mmfast::cpu

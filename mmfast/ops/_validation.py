@@ -1,0 +1,74 @@
+"""Argument checks run before any kernel, so that bad input fails with a message naming the
+argument. The C++ ops check the same things for callers of `torch.ops.mmfast.*`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+MAX_CONCAT_INPUTS = 16
+
+
+def check_tensor_list(inputs: object, argument: str = "inputs", max_count: int | None = None) -> list[torch.Tensor]:
+    """A non-empty list of floating-point tensors of one dtype and device, each at least 1-D."""
+    if isinstance(inputs, torch.Tensor) or not isinstance(inputs, Sequence):
+        raise TypeError(f"{argument}: expected a sequence of tensors, got {type(inputs).__name__}")
+    tensors = list(inputs)
+    if not tensors or (max_count is not None and len(tensors) > max_count):
+        limit = f"1 to {max_count}" if max_count is not None else "at least 1"
+        raise ValueError(f"{argument}: expected {limit} tensors, got {len(tensors)}")
+    first = tensors[0]
+    for i, x in enumerate(tensors):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{argument}[{i}]: expected a tensor, got {type(x).__name__}")
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"{argument}[{i}]: expected a floating-point tensor, got {x.dtype}")
+        if x.dim() < 1:
+            raise ValueError(f"{argument}[{i}]: expected a tensor of shape [*, D], got a 0-d tensor")
+        if x.dtype != first.dtype:
+            raise TypeError(f"{argument}[{i}]: expected dtype {first.dtype} like {argument}[0], got {x.dtype}")
+        if x.device != first.device:
+            raise ValueError(
+                f"{argument}[{i}]: expected device {first.device} like {argument}[0], got {x.device}"
+            )
+        if x.shape[:-1] != first.shape[:-1]:
+            raise ValueError(
+                f"{argument}[{i}]: leading dims {list(x.shape[:-1])} differ from "
+                f"{argument}[0]'s {list(first.shape[:-1])}"
+            )
+    return tensors
+
+
+def check_like(tensor: object, argument: str, reference: torch.Tensor, shape: Sequence[int]) -> None:
+    """`tensor` is a tensor with `reference`'s dtype and device and exactly `shape`."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{argument}: expected a tensor, got {type(tensor).__name__}")
+    if tensor.dtype != reference.dtype:
+        raise TypeError(f"{argument}: expected dtype {reference.dtype} like the inputs, got {tensor.dtype}")
+    if tensor.device != reference.device:
+        raise ValueError(f"{argument}: expected device {reference.device} like the inputs, got {tensor.device}")
+    if list(tensor.shape) != list(shape):
+        raise ValueError(f"{argument}: expected shape {list(shape)}, got {list(tensor.shape)}")
+
+
+def check_concat_linear_args(
+    inputs: object, weight: object, bias: object
+) -> tuple[list[torch.Tensor], int, int]:
+    """Validated inputs, in_features (sum of D_i) and out_features."""
+    tensors = check_tensor_list(inputs, "inputs", MAX_CONCAT_INPUTS)
+    in_features = sum(x.shape[-1] for x in tensors)
+    if in_features == 0:
+        raise ValueError("inputs: the feature dims sum to 0")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight: expected a tensor, got {type(weight).__name__}")
+    if weight.dim() != 2 or weight.shape[1] != in_features:
+        raise ValueError(
+            f"weight: expected shape [out_features, {in_features}] (the inputs' feature dims sum to "
+            f"{in_features}), got {list(weight.shape)}"
+        )
+    check_like(weight, "weight", tensors[0], weight.shape)
+    out_features = weight.shape[0]
+    if bias is not None:
+        check_like(bias, "bias", tensors[0], [out_features])
+    return tensors, in_features, out_features

@@ -1,0 +1,141 @@
+"""`concat_linear`: act(cat(inputs, -1) @ weight.T + bias) without building the concatenation.
+
+The op is `torch.ops.mmfast.concat_linear` (schema in C++, `csrc/registration.cpp`). It forwards to
+`mmfast::concat_linear_forward`, whose fake implementation and autograd formula live here; the
+backward is the op `mmfast::concat_linear_backward`. Without the compiled extension, or for a
+device it was not built for, the pure-PyTorch reference runs instead.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mmfast import _backend
+from mmfast.ops._validation import check_concat_linear_args
+from mmfast.ops.activations import NEEDS_PREACTIVATION, apply_activation, check_activation
+
+__all__ = ["concat_linear", "concat_linear_reference"]
+
+
+def concat_linear_reference(
+    inputs: Sequence[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = "none",
+) -> torch.Tensor:
+    """The definition of concat_linear in plain PyTorch (builds the concatenation)."""
+    return apply_activation(F.linear(torch.cat(list(inputs), dim=-1), weight, bias), activation)
+
+
+def concat_linear(
+    inputs: Sequence[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = "none",
+) -> torch.Tensor:
+    """act(cat(inputs, -1) @ weight.T + bias), fused.
+
+    Args:
+        inputs: 1 to 16 tensors of shape ``[*, D_i]`` with the same leading dims, dtype and device.
+        weight: ``[N, sum(D_i)]``.
+        bias: ``[N]`` or None.
+        activation: one of ``none, relu, gelu, gelu_tanh, silu, sigmoid, tanh``.
+
+    Returns:
+        ``[*, N]``. Differentiable with respect to every input, ``weight`` and ``bias``; the
+        backward keeps the inputs (never their concatenation) and the pre-activation only for
+        gelu, gelu_tanh and silu.
+    """
+    check_activation(activation)
+    tensors, _, _ = check_concat_linear_args(inputs, weight, bias)
+    if not _uses_compiled_op(tensors[0].device):
+        return concat_linear_reference(tensors, weight, bias, activation)
+    return torch.ops.mmfast.concat_linear(tensors, weight, bias, activation)
+
+
+_warned_devices: set[str] = set()
+
+
+def _uses_compiled_op(device: torch.device) -> bool:
+    if not _backend.extension_loaded():
+        return False
+    if device.type == "cpu" or (device.type == "cuda" and _backend.extension_has_cuda()):
+        return True
+    if device.type not in _warned_devices:
+        _warned_devices.add(device.type)
+        warnings.warn(
+            f"mmfast.ops.concat_linear: the compiled extension has no kernel for {device.type} tensors; "
+            "using the pure-PyTorch reference",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return False
+
+
+def _leading_shape(inputs: Sequence[torch.Tensor]) -> list[int]:
+    return list(inputs[0].shape[:-1])
+
+
+def _register() -> None:
+    @torch.library.register_fake("mmfast::concat_linear_forward")
+    def _forward_fake(inputs, weight, bias, activation, save_for_backward):
+        check_activation(activation)
+        tensors, _, out_features = check_concat_linear_args(inputs, weight, bias)
+        shape = _leading_shape(tensors) + [out_features]
+        output = tensors[0].new_empty(shape)
+        keep = save_for_backward and activation in NEEDS_PREACTIVATION
+        return output, tensors[0].new_empty(shape if keep else [0])
+
+    @torch.library.register_fake("mmfast::concat_linear_backward")
+    def _backward_fake(grad_output, inputs, weight, saved, activation, output_mask):
+        check_activation(activation)
+        out_features, in_features = weight.shape
+        empty = grad_output.new_empty([0])
+        grad_input = grad_output.new_empty(list(grad_output.shape[:-1]) + [in_features]) if output_mask[0] else empty
+        grad_weight = grad_output.new_empty([out_features, in_features]) if output_mask[1] else empty
+        grad_bias = grad_output.new_empty([out_features]) if output_mask[2] else empty
+        return grad_input, grad_weight, grad_bias
+
+    def _setup_context(ctx, inputs, output):
+        tensors, weight, bias, activation, _ = inputs
+        result, saved = output
+        if activation in NEEDS_PREACTIVATION:
+            kept = saved
+        elif activation == "none":
+            kept = None
+        else:
+            kept = result
+        needs = ctx.needs_input_grad
+        ctx.activation = activation
+        ctx.segment_sizes = [x.shape[-1] for x in tensors]
+        ctx.has_bias = bias is not None
+        # The inputs are only read for the weight gradient; the weight is a parameter, alive anyway.
+        ctx.save_for_backward(weight, kept, *(tensors if needs[1] else []))
+
+    def _backward(ctx, grad_output, _grad_saved):
+        weight, kept, *tensors = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        mask = [bool(needs[0]), bool(needs[1]), bool(needs[2]) and ctx.has_bias]
+        if kept is None:
+            kept = grad_output.new_empty([0])
+        grad_input, grad_weight, grad_bias = torch.ops.mmfast.concat_linear_backward(
+            grad_output, tensors, weight, kept, ctx.activation, mask
+        )
+        grad_inputs = list(grad_input.split(ctx.segment_sizes, dim=-1)) if mask[0] else None
+        return (
+            grad_inputs,
+            grad_weight if mask[1] else None,
+            grad_bias if mask[2] else None,
+            None,
+            None,
+        )
+
+    torch.library.register_autograd("mmfast::concat_linear_forward", _backward, setup_context=_setup_context)
+
+
+if _backend.extension_loaded():
+    _register()
