@@ -17,7 +17,7 @@ $(VENV)/.torch-installed:
 # The editable install (dependencies and the first compile) runs once; `build` then recompiles
 # the C++ extension incrementally in ./build. The lock keeps parallel builds from colliding.
 $(VENV)/.mmfast-installed: $(VENV)/.torch-installed pyproject.toml setup.py
-	flock .build.lock $(PIP) install --quiet --no-build-isolation -e ".[dev,triton]"
+	flock .build.lock $(PIP) install --quiet --no-build-isolation -e ".[dev,train,triton]"
 	touch $@
 
 build: $(VENV)/.mmfast-installed
