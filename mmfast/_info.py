@@ -8,7 +8,10 @@ from mmfast import _backend
 
 # Op name -> what its compiled kernels are, per device type.
 _COMPILED_KERNELS: dict[str, dict[str, str]] = {
-    "concat_linear": {"cpu": "cpp (oneDNN / ATen GEMM, at::vec epilogue)", "cuda": "cuda (ATen GEMM, CUDA epilogue)"},
+    "concat_linear": {
+        "cpu": "cpp (oneDNN / ATen GEMM, at::vec epilogue)",
+        "cuda": "cuda (ATen GEMM, CUDA epilogue)",
+    },
 }
 
 

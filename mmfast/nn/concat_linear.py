@@ -53,8 +53,9 @@ class ConcatLinear(nn.Module):
         self.activation = check_activation(activation)
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, sum(sizes), **factory))
-        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
-        if not bias:
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory))
+        else:
             self.register_parameter("bias", None)
         self.reset_parameters()
 
@@ -83,7 +84,8 @@ class ConcatLinear(nn.Module):
         """A ConcatLinear sharing nothing with ``linear`` but equal to it: same weights, device, dtype."""
         if sum(in_features) != linear.in_features:
             raise ValueError(
-                f"in_features: sizes sum to {sum(in_features)} but the linear layer takes {linear.in_features}"
+                f"in_features: sizes sum to {sum(in_features)} but the linear layer "
+                f"takes {linear.in_features}"
             )
         layer = cls(
             in_features,

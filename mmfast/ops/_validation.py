@@ -10,7 +10,9 @@ import torch
 MAX_CONCAT_INPUTS = 16
 
 
-def check_tensor_list(inputs: object, argument: str = "inputs", max_count: int | None = None) -> list[torch.Tensor]:
+def check_tensor_list(
+    inputs: object, argument: str = "inputs", max_count: int | None = None
+) -> list[torch.Tensor]:
     """A non-empty list of floating-point tensors of one dtype and device, each at least 1-D."""
     if isinstance(inputs, torch.Tensor) or not isinstance(inputs, Sequence):
         raise TypeError(f"{argument}: expected a sequence of tensors, got {type(inputs).__name__}")
@@ -27,7 +29,9 @@ def check_tensor_list(inputs: object, argument: str = "inputs", max_count: int |
         if x.dim() < 1:
             raise ValueError(f"{argument}[{i}]: expected a tensor of shape [*, D], got a 0-d tensor")
         if x.dtype != first.dtype:
-            raise TypeError(f"{argument}[{i}]: expected dtype {first.dtype} like {argument}[0], got {x.dtype}")
+            raise TypeError(
+                f"{argument}[{i}]: expected dtype {first.dtype} like {argument}[0], got {x.dtype}"
+            )
         if x.device != first.device:
             raise ValueError(
                 f"{argument}[{i}]: expected device {first.device} like {argument}[0], got {x.device}"
@@ -47,7 +51,9 @@ def check_like(tensor: object, argument: str, reference: torch.Tensor, shape: Se
     if tensor.dtype != reference.dtype:
         raise TypeError(f"{argument}: expected dtype {reference.dtype} like the inputs, got {tensor.dtype}")
     if tensor.device != reference.device:
-        raise ValueError(f"{argument}: expected device {reference.device} like the inputs, got {tensor.device}")
+        raise ValueError(
+            f"{argument}: expected device {reference.device} like the inputs, got {tensor.device}"
+        )
     if list(tensor.shape) != list(shape):
         raise ValueError(f"{argument}: expected shape {list(shape)}, got {list(tensor.shape)}")
 

@@ -95,7 +95,9 @@ def _register() -> None:
         check_activation(activation)
         out_features, in_features = weight.shape
         empty = grad_output.new_empty([0])
-        grad_input = grad_output.new_empty(list(grad_output.shape[:-1]) + [in_features]) if output_mask[0] else empty
+        grad_input = (
+            grad_output.new_empty(list(grad_output.shape[:-1]) + [in_features]) if output_mask[0] else empty
+        )
         grad_weight = grad_output.new_empty([out_features, in_features]) if output_mask[1] else empty
         grad_bias = grad_output.new_empty([out_features]) if output_mask[2] else empty
         return grad_input, grad_weight, grad_bias
@@ -109,23 +111,26 @@ def _register() -> None:
             kept = None
         else:
             kept = result
-        needs = ctx.needs_input_grad
         ctx.activation = activation
         ctx.segment_sizes = [x.shape[-1] for x in tensors]
         ctx.has_bias = bias is not None
         # The inputs are only read for the weight gradient; the weight is a parameter, alive anyway.
-        ctx.save_for_backward(weight, kept, *(tensors if needs[1] else []))
+        ctx.save_for_backward(weight, kept, *(tensors if weight.requires_grad else []))
 
     def _backward(ctx, grad_output, _grad_saved):
         weight, kept, *tensors = ctx.saved_tensors
+        # Here needs_input_grad has the structure of the op's arguments: a list for `inputs`.
         needs = ctx.needs_input_grad
-        mask = [bool(needs[0]), bool(needs[1]), bool(needs[2]) and ctx.has_bias]
+        mask = [any(needs[0]), bool(needs[1]), bool(needs[2]) and ctx.has_bias]
         if kept is None:
             kept = grad_output.new_empty([0])
         grad_input, grad_weight, grad_bias = torch.ops.mmfast.concat_linear_backward(
             grad_output, tensors, weight, kept, ctx.activation, mask
         )
-        grad_inputs = list(grad_input.split(ctx.segment_sizes, dim=-1)) if mask[0] else None
+        if mask[0]:
+            grad_inputs = list(grad_input.split(ctx.segment_sizes, dim=-1))
+        else:
+            grad_inputs = [None] * len(ctx.segment_sizes)
         return (
             grad_inputs,
             grad_weight if mask[1] else None,
