@@ -24,6 +24,10 @@ struct VecMath {
   template <typename V>
   static V tanh(const V& x) { return x.tanh(); }
   template <typename V>
+  static V max(const V& a, const V& b) { return at::vec::maximum(a, b); }
+  template <typename V>
+  static V min(const V& a, const V& b) { return at::vec::minimum(a, b); }
+  template <typename V>
   static V relu(const V& x) { return at::vec::clamp_min(x, V(0)); }
   template <typename V>
   static V positive_indicator(const V& y) { return V::blendv(V(0), V(1), y > V(0)); }

@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -33,35 +34,35 @@ struct TuneKeyHash {
   }
 };
 
-enum class Choice : int { kAten = 0, kOneDnn = 1 };
-
 // Shapes seen by a long-running process are few; the bound only guards against pathological use.
 constexpr size_t kMaxTunedShapes = 4096;
 constexpr int kTimedRuns = 3;
 
 std::mutex tune_mutex;
-std::unordered_map<TuneKey, Choice, TuneKeyHash>& tune_cache() {
-  static std::unordered_map<TuneKey, Choice, TuneKeyHash> cache;
+// Key -> name of the chosen candidate (names are string literals with static storage).
+std::unordered_map<TuneKey, std::string, TuneKeyHash>& tune_cache() {
+  static std::unordered_map<TuneKey, std::string, TuneKeyHash> cache;
   return cache;
 }
 
-std::optional<Choice> forced_choice() {
-  static const std::optional<Choice> forced = []() -> std::optional<Choice> {
+const std::string& forced_candidate() {
+  static const std::string forced = [] {
     const char* env = std::getenv("MMFAST_CPU_GEMM");
-    if (env == nullptr || std::string(env).empty() || std::string(env) == "auto") {
-      return std::nullopt;
-    }
-    if (std::string(env) == "aten") {
-      return Choice::kAten;
-    }
-    if (std::string(env) == "onednn") {
-      return Choice::kOneDnn;
-    }
-    TORCH_WARN_ONCE("MMFAST_CPU_GEMM='", env, "' is not one of auto, aten, onednn; using auto");
-    return std::nullopt;
+    const std::string value = env == nullptr ? "" : env;
+    return value == "auto" ? std::string() : value;
   }();
   return forced;
 }
+
+bool verbose() {
+  static const bool value = [] {
+    const char* env = std::getenv("MMFAST_CPU_GEMM_VERBOSE");
+    return env != nullptr && std::string(env) == "1";
+  }();
+  return value;
+}
+
+bool is_onednn(const GemmCandidate& candidate) { return std::string(candidate.name) == "onednn"; }
 
 // Best of kTimedRuns after one warm-up run (which also builds oneDNN's primitive).
 double time_candidate(const std::function<at::Tensor()>& candidate) {
@@ -118,38 +119,60 @@ at::Tensor aten_linear(const at::Tensor& x, const at::Tensor& w, const std::opti
   return out;
 }
 
-at::Tensor run_fastest(const TuneKey& key, const std::function<at::Tensor()>& aten_candidate,
-                       const std::function<at::Tensor()>& onednn_candidate) {
-  if (!onednn_supports(key.dtype)) {
-    return aten_candidate();
-  }
-  if (const auto forced = forced_choice()) {
-    return *forced == Choice::kOneDnn ? onednn_candidate() : aten_candidate();
+at::Tensor run_fastest(const TuneKey& key, const std::vector<GemmCandidate>& candidates) {
+  TORCH_INTERNAL_ASSERT(!candidates.empty());
+  const bool onednn_ok = onednn_supports(key.dtype);
+  if (!forced_candidate().empty()) {
+    for (const auto& candidate : candidates) {
+      if (forced_candidate() == candidate.name && (onednn_ok || !is_onednn(candidate))) {
+        return candidate.run();
+      }
+    }
+    return candidates[0].run();
   }
   {
     std::lock_guard<std::mutex> lock(tune_mutex);
     const auto found = tune_cache().find(key);
     if (found != tune_cache().end()) {
-      return found->second == Choice::kOneDnn ? onednn_candidate() : aten_candidate();
+      for (const auto& candidate : candidates) {
+        if (found->second == candidate.name) {
+          return candidate.run();
+        }
+      }
     }
   }
-  Choice choice = Choice::kAten;
-  const double aten_seconds = time_candidate(aten_candidate);
-  try {
-    if (time_candidate(onednn_candidate) < aten_seconds) {
-      choice = Choice::kOneDnn;
+  size_t best = 0;
+  double best_seconds = 0.0;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    if (is_onednn(candidates[i]) && !onednn_ok) {
+      continue;
     }
-  } catch (const c10::Error&) {
-    // This oneDNN build cannot run the shape or dtype on this CPU: keep ATen.
+    try {
+      const double seconds = time_candidate(candidates[i].run);
+      if (i == 0 || seconds < best_seconds) {
+        best = i;
+        best_seconds = seconds;
+      }
+    } catch (const c10::Error&) {
+      // This engine cannot run the shape or dtype on this CPU; candidate 0 always can.
+      if (i == 0) {
+        throw;
+      }
+    }
+  }
+  if (verbose()) {
+    std::fprintf(stderr, "mmfast: GEMM site %d, m=%lld n=%lld k=%lld %s variant %d -> %s\n",
+                 static_cast<int>(key.site), static_cast<long long>(key.m), static_cast<long long>(key.n),
+                 static_cast<long long>(key.k), c10::toString(key.dtype), key.variant, candidates[best].name);
   }
   {
     std::lock_guard<std::mutex> lock(tune_mutex);
     if (tune_cache().size() >= kMaxTunedShapes) {
       tune_cache().clear();
     }
-    tune_cache().emplace(key, choice);
+    tune_cache().emplace(key, candidates[best].name);
   }
-  return choice == Choice::kOneDnn ? onednn_candidate() : aten_candidate();
+  return candidates[best].run();
 }
 
 }  // namespace mmfast::cpu

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <vector>
 
 #include "activation.h"
 
@@ -29,12 +30,17 @@ struct TuneKey {
   bool operator==(const TuneKey& other) const;
 };
 
-// Runs the fastest of `candidates` for `key`. Candidate 0 is the ATen path and always valid;
-// candidate 1 is the oneDNN path. On the first call for a key each candidate is timed (one that
-// throws is skipped); `MMFAST_CPU_GEMM=aten|onednn` forces a choice. Returns what the chosen
-// candidate returns.
-at::Tensor run_fastest(const TuneKey& key, const std::function<at::Tensor()>& aten_candidate,
-                       const std::function<at::Tensor()>& onednn_candidate);
+// One way to compute a GEMM site's result.
+struct GemmCandidate {
+  const char* name;  // "aten", "aten_split_k", "onednn"
+  std::function<at::Tensor()> run;
+};
+
+// Runs the fastest of `candidates` for `key`. Candidate 0 must always be valid (the plain ATen
+// path). On the first call for a key each candidate is timed (one that throws is skipped, and
+// oneDNN candidates are skipped for dtypes oneDNN cannot run); `MMFAST_CPU_GEMM=<name>` forces a
+// candidate by name where it is offered; `MMFAST_CPU_GEMM_VERBOSE=1` prints each choice made.
+at::Tensor run_fastest(const TuneKey& key, const std::vector<GemmCandidate>& candidates);
 
 // Whether oneDNN's linear can run `dtype` on this machine and build.
 bool onednn_supports(at::ScalarType dtype);

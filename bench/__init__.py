@@ -1,0 +1,1 @@
+"""mmfast's kernel benchmarks (pytest-benchmark); `python -m pytest bench` runs them."""

@@ -1,0 +1,118 @@
+"""Benchmark harness: every timed case records what it is, and the session ends with tables of
+ratios (fused against each baseline, measured in this one run) rather than absolute times."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import pytest
+
+# Saved-for-backward measurements: (op, shape, dtype, batch) -> {implementation: bytes}.
+SAVED_BYTES: dict[tuple, dict[str, int]] = defaultdict(dict)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--ratios-csv", default=None, help="also write the ratio rows to this CSV file")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "quick: the short benchmark set of `make bench-quick`")
+
+
+def time_case(
+    benchmark,
+    fn: Callable[[], object],
+    *,
+    op: str,
+    impl: str,
+    mode: str,
+    dtype: str,
+    shape: str,
+    batch: int,
+    budget_seconds: float = 1.0,
+) -> None:
+    """Times `fn` with about `budget_seconds` of rounds (at least 5) and tags the result."""
+    benchmark.group = f"{op} | {mode} | {dtype} | {shape} | batch {batch}"
+    benchmark.extra_info.update(op=op, impl=impl, mode=mode, dtype=dtype, shape=shape, batch=batch)
+    fn()  # warm-up: first-use tuning, oneDNN primitive creation, torch.compile
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-6)
+    rounds = int(min(max(budget_seconds / once, 5), 200))
+    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
+
+
+def _ratio_rows(config: pytest.Config) -> list[dict]:
+    session = getattr(config, "_benchmarksession", None)
+    if session is None:
+        return []
+    medians: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for bench in session.benchmarks:
+        info = bench.extra_info
+        if "impl" not in info or bench.stats is None:
+            continue
+        key = (info["op"], info["mode"], info["dtype"], info["shape"], info["batch"])
+        medians[key][info["impl"]] = bench.stats.median
+    rows = []
+    for key in sorted(medians, key=lambda k: (k[0], k[1], k[2], k[3], k[4])):
+        times = medians[key]
+        fused = next((times[name] for name in ("mmfast",) if name in times), None)
+        if fused is None:
+            continue
+        row = dict(zip(("op", "mode", "dtype", "shape", "batch"), key))
+        row["mmfast_ms"] = fused * 1e3
+        for baseline, seconds in times.items():
+            if baseline != "mmfast":
+                row[f"speedup_vs_{baseline}"] = seconds / fused
+        rows.append(row)
+    return rows
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    rows = _ratio_rows(config)
+    if rows:
+        baselines = sorted({k for row in rows for k in row if k.startswith("speedup_vs_")})
+        header = ["op", "mode", "dtype", "shape", "batch", "mmfast ms"] + [
+            b.replace("speedup_", "x ") for b in baselines
+        ]
+        terminalreporter.write_sep("=", "mmfast speed-up (baseline time / mmfast time, medians of this run)")
+        table = [header] + [
+            [str(r["op"]), r["mode"], r["dtype"], r["shape"], str(r["batch"]), f"{r['mmfast_ms']:.3f}"]
+            + [f"{r[b]:.2f}" if b in r else "-" for b in baselines]
+            for r in rows
+        ]
+        _write_table(terminalreporter, table)
+        terminalreporter.write_line(
+            "x vs_limit < 1 means slower than the limit: 1/x is how far from it (target: within 1.05x)."
+        )
+        path = config.getoption("--ratios-csv")
+        if path:
+            with open(path, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(
+                    handle, fieldnames=["op", "mode", "dtype", "shape", "batch", "mmfast_ms"] + baselines
+                )
+                writer.writeheader()
+                writer.writerows(rows)
+    if SAVED_BYTES:
+        terminalreporter.write_sep("=", "bytes kept for backward beyond inputs and parameters")
+        table = [["op", "shape", "dtype", "batch", "mmfast", "eager", "eager - mmfast"]]
+        for (op, shape, dtype, batch), values in sorted(SAVED_BYTES.items()):
+            fused, eager = values.get("mmfast", math.nan), values.get("eager", math.nan)
+            table.append([op, shape, dtype, str(batch), _mib(fused), _mib(eager), _mib(eager - fused)])
+        _write_table(terminalreporter, table)
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def _write_table(terminalreporter, table: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for i, row in enumerate(table):
+        terminalreporter.write_line("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
+        if i == 0:
+            terminalreporter.write_line("  ".join("-" * w for w in widths))
