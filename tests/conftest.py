@@ -1,8 +1,14 @@
-"""Shared test set-up: a fixed seed for every test."""
+"""Shared test set-up: the Triton interpreter on machines without a GPU, a fixed seed per test."""
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+
+# Read when @triton.jit decorates, so it must be set before any test module imports a kernel.
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import numpy as np
 import pytest
