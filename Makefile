@@ -28,14 +28,15 @@ install: build
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-demo: install
-	$(PY) -m bench.quick
+BENCH := $(PY) -m pytest bench -q -p no:cacheprovider --benchmark-columns=median,iqr,rounds --benchmark-sort=name
+
+demo: bench-quick
 
 bench: install
-	$(PY) -m pytest bench -q --benchmark-columns=median,iqr,rounds --benchmark-sort=name
+	$(BENCH)
 
 bench-quick: install
-	$(PY) -m bench.quick
+	$(BENCH) -m quick
 
 lint: install
 	$(PY) -m ruff check mmfast tests bench setup.py
