@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace mmfast {
@@ -19,6 +20,9 @@ struct ConcatLinearShape {
   std::vector<int64_t> segment_sizes;
   std::vector<int64_t> output_sizes;  // leading dims + [N]
 };
+
+// "torch.float32" and so on, as Python users spell dtypes.
+std::string dtype_name(at::ScalarType type);
 
 // Raises a ValueError/TypeError naming the offending argument; returns the problem sizes.
 ConcatLinearShape check_concat_linear_args(at::TensorList inputs, const at::Tensor& weight,

@@ -51,10 +51,15 @@ def concat_linear(
         gelu, gelu_tanh and silu.
     """
     check_activation(activation)
-    tensors, _, _ = check_concat_linear_args(inputs, weight, bias)
-    if not _uses_compiled_op(tensors[0].device):
-        return concat_linear_reference(tensors, weight, bias, activation)
-    return torch.ops.mmfast.concat_linear(tensors, weight, bias, activation)
+    if isinstance(inputs, torch.Tensor) or not isinstance(inputs, Sequence):
+        raise TypeError(f"inputs: expected a sequence of tensors, got {type(inputs).__name__}")
+    tensors = list(inputs)
+    if tensors and isinstance(tensors[0], torch.Tensor) and _uses_compiled_op(tensors[0].device):
+        # The op checks its arguments in C++ with the same messages; checking twice would cost
+        # a tenth of a small call.
+        return torch.ops.mmfast.concat_linear.default(tensors, weight, bias, activation)
+    check_concat_linear_args(tensors, weight, bias)
+    return concat_linear_reference(tensors, weight, bias, activation)
 
 
 _warned_devices: set[str] = set()
