@@ -1,9 +1,10 @@
 """`concat_linear`: act(cat(inputs, -1) @ weight.T + bias) without building the concatenation.
 
 The op is `torch.ops.mmfast.concat_linear` (schema in C++, `csrc/registration.cpp`). It forwards to
-`mmfast::concat_linear_forward`, whose fake implementation and autograd formula live here; the
-backward is the op `mmfast::concat_linear_backward`. Without the compiled extension, or for a
-device it was not built for, the pure-PyTorch reference runs instead.
+`mmfast::concat_linear_forward`, whose autograd formula is in C++ (`csrc/concat_linear_autograd.cpp`)
+and whose fake implementation is here, like that of the backward op `mmfast::concat_linear_backward`.
+Without the compiled extension, or for a device it was not built for, the pure-PyTorch reference
+runs instead.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _leading_shape(inputs: Sequence[torch.Tensor]) -> list[int]:
     return list(inputs[0].shape[:-1])
 
 
-def _register() -> None:
+def _register_fakes() -> None:
     @torch.library.register_fake("mmfast::concat_linear_forward")
     def _forward_fake(inputs, weight, bias, activation, save_for_backward):
         check_activation(activation)
@@ -107,45 +108,6 @@ def _register() -> None:
         grad_bias = grad_output.new_empty([out_features]) if output_mask[2] else empty
         return grad_input, grad_weight, grad_bias
 
-    def _setup_context(ctx, inputs, output):
-        tensors, weight, bias, activation, _ = inputs
-        result, saved = output
-        if activation in NEEDS_PREACTIVATION:
-            kept = saved
-        elif activation == "none":
-            kept = None
-        else:
-            kept = result
-        ctx.activation = activation
-        ctx.segment_sizes = [x.shape[-1] for x in tensors]
-        ctx.has_bias = bias is not None
-        # The inputs are only read for the weight gradient; the weight is a parameter, alive anyway.
-        ctx.save_for_backward(weight, kept, *(tensors if weight.requires_grad else []))
-
-    def _backward(ctx, grad_output, _grad_saved):
-        weight, kept, *tensors = ctx.saved_tensors
-        # Here needs_input_grad has the structure of the op's arguments: a list for `inputs`.
-        needs = ctx.needs_input_grad
-        mask = [any(needs[0]), bool(needs[1]), bool(needs[2]) and ctx.has_bias]
-        if kept is None:
-            kept = grad_output.new_empty([0])
-        grad_input, grad_weight, grad_bias = torch.ops.mmfast.concat_linear_backward(
-            grad_output, tensors, weight, kept, ctx.activation, mask
-        )
-        if mask[0]:
-            grad_inputs = list(grad_input.split(ctx.segment_sizes, dim=-1))
-        else:
-            grad_inputs = [None] * len(ctx.segment_sizes)
-        return (
-            grad_inputs,
-            grad_weight if mask[1] else None,
-            grad_bias if mask[2] else None,
-            None,
-            None,
-        )
-
-    torch.library.register_autograd("mmfast::concat_linear_forward", _backward, setup_context=_setup_context)
-
 
 if _backend.extension_loaded():
-    _register()
+    _register_fakes()
