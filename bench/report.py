@@ -1,0 +1,169 @@
+"""Runs the benchmarks and writes `bench/RESULTS.md` and `bench/speedup.png`.
+
+    python -m bench.report [--quick] [--output-dir bench]
+
+The tables are ratios measured in one run (baseline time / mmfast time), with the machine, the
+versions, the date and the command that reproduces them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def machine_description() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next(
+                (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model
+            )
+    except OSError:
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (CPU results only)"
+    return f"{model}, {os.cpu_count()} CPU cores, {gpu}"
+
+
+def versions() -> str:
+    import torch
+
+    import mmfast
+
+    parts = [
+        f"mmfast {mmfast.__version__}",
+        f"torch {torch.__version__}",
+        f"Python {platform.python_version()}",
+    ]
+    try:
+        import triton
+
+        parts.append(f"triton {triton.__version__}")
+    except ImportError:
+        pass
+    return ", ".join(parts)
+
+
+def run_benchmarks(quick: bool, csv_path: Path) -> int:
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(BENCH_DIR),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--benchmark-columns=median,iqr,rounds",
+        f"--ratios-csv={csv_path}",
+    ]
+    if quick:
+        command += ["-m", "quick"]
+    return subprocess.run(command, check=False).returncode
+
+
+def read_rows(csv_path: Path) -> list[dict[str, str]]:
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def markdown_tables(rows: list[dict[str, str]]) -> str:
+    by_op: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        by_op[row["op"]].append(row)
+    out = []
+    for op, op_rows in by_op.items():
+        baselines = [k for k in op_rows[0] if k.startswith("speedup_vs_")]
+        header = ["mode", "dtype", "shape", "batch", "mmfast ms"] + [
+            b.replace("speedup_", "x ") for b in baselines
+        ]
+        out.append(f"### {op}\n")
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "---|" * len(header))
+        for row in op_rows:
+            cells = [row["mode"], row["dtype"], row["shape"], row["batch"], f"{float(row['mmfast_ms']):.3f}"]
+            cells += [f"{float(row[b]):.2f}" if row.get(b) else "-" for b in baselines]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict[str, str]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['op']}\n{r['mode']} {r['dtype']}\n{r['shape']} b{r['batch']}" for r in rows]
+    series = [("speedup_vs_eager", "vs eager"), ("speedup_vs_compile", "vs torch.compile")]
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(rows)), 5))
+    width = 0.4
+    for index, (key, name) in enumerate(series):
+        values = [float(r[key]) if r.get(key) else 0.0 for r in rows]
+        ax.bar([i + (index - 0.5) * width for i in range(len(rows))], values, width, label=name)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(labels, fontsize=6, rotation=90)
+    ax.set_ylabel("speed-up (baseline time / mmfast time)")
+    ax.set_title("mmfast speed-ups")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(rows: list[dict[str, str]], output_dir: Path, quick: bool) -> Path:
+    command = "python -m bench.report" + (" --quick" if quick else "")
+    text = "\n".join(
+        [
+            "# Benchmark results",
+            "",
+            f"- Date: {dt.date.today().isoformat()}",
+            f"- Machine: {machine_description()}",
+            f"- Versions: {versions()}",
+            f"- Command: `{command}` (or `mmfast bench --report`)",
+            "- Ratios are baseline time / mmfast time, medians measured in this one run; above 1 means",
+            "  mmfast is faster. `x vs_limit` compares with oneDNN's fused linear on an already",
+            "  concatenated input.",
+            "- GPU results are produced by the same command on a GPU machine.",
+            "",
+            markdown_tables(rows),
+            "![speed-ups](speedup.png)",
+            "",
+        ]
+    )
+    path = output_dir / "RESULTS.md"
+    path.write_text(text, encoding="utf-8")
+    plot(rows, output_dir / "speedup.png")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="only the short benchmark set")
+    parser.add_argument("--output-dir", type=Path, default=BENCH_DIR)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        csv_path = Path(tmp) / "ratios.csv"
+        status = run_benchmarks(args.quick, csv_path)
+        if not csv_path.exists():
+            print("bench.report: the benchmarks produced no results", file=sys.stderr)
+            return status or 1
+        path = write_report(read_rows(csv_path), args.output_dir, args.quick)
+    print(f"wrote {path} and {args.output_dir / 'speedup.png'}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
