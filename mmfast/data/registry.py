@@ -1,0 +1,42 @@
+"""`load_dataset` / `dataset_info`: the datasets by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from mmfast.data import av_digits, synthetic
+from mmfast.data.info import DatasetInfo
+
+_DATASETS = {av_digits.NAME: av_digits, synthetic.NAME: synthetic}
+DATASET_NAMES: tuple[str, ...] = tuple(sorted(_DATASETS))
+
+
+def _module(name: str):
+    if name not in _DATASETS:
+        raise ValueError(f"name: expected one of {', '.join(DATASET_NAMES)}, got {name!r}")
+    return _DATASETS[name]
+
+
+def load_dataset(name: str, split: str, *, seed: int = 0, **options: Any) -> Dataset:
+    """One split of a dataset: samples ``{"<modality>": tensor, ..., "label": int64 scalar}``.
+
+    Args:
+        name: ``"av-digits"`` (spoken + handwritten digits, real data; see
+            :mod:`mmfast.data.av_digits`) or ``"synthetic"`` (image + text + audio with a
+            controllable difficulty; see :mod:`mmfast.data.synthetic`).
+        split: ``"train"``, ``"val"`` or ``"test"``; the three never share a sample.
+        seed: fixes the split (and, for ``synthetic``, the data): same seed, same tensors.
+        options: dataset options (av-digits: ``image_size``, ``corrupt_images``,
+            ``corruption_strength``, ``normalize_audio``; synthetic: ``num_samples``,
+            ``num_classes``, ``difficulty``, ``image_size``, ``n_mels``).
+
+    Batch the samples with :func:`mmfast.data.collate`.
+    """
+    return _module(name).load(split, seed=seed, **options)
+
+
+def dataset_info(name: str, **options: Any) -> DatasetInfo:
+    """Modalities, classes and input sizes of dataset ``name`` with these options."""
+    return _module(name).info(**options)

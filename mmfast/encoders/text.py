@@ -1,0 +1,137 @@
+"""`TextEncoder`: token embeddings and a bidirectional LSTM (packed) or a Transformer encoder."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from mmfast.data.padding import lengths_to_padding_mask
+from mmfast.encoders.base import check_lengths, masked_mean
+
+TEXT_ENCODER_KINDS = ("lstm", "transformer")
+
+
+def sinusoidal_positions(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """The sine / cosine position encoding of "Attention Is All You Need", ``[length, dim]``."""
+    position = torch.arange(length, dtype=torch.float32, device=device).unsqueeze(1)
+    frequency = torch.exp(
+        torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim)
+    )
+    table = torch.zeros(length, dim, device=device)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return table
+
+
+class TextEncoder(nn.Module):
+    """Encoder of padded token ids ``[B, L]`` returning ``[B, out_dim]``.
+
+    ``kind="lstm"``: embedding, bidirectional LSTM over packed sequences (padding never enters
+    the recurrence); the output projects the last hidden state of both directions.
+    ``kind="transformer"``: scaled embedding plus sinusoidal positions, pre-norm
+    ``nn.TransformerEncoder`` with a key padding mask; the output is the mean of the valid tokens.
+    The tokens (:meth:`forward_tokens`) are the projected per-position outputs.
+
+    Args:
+        vocab_size: number of token ids (special tokens included).
+        out_dim: size of the output features.
+        kind: ``"lstm"`` or ``"transformer"``.
+        embed_dim: embedding size (the transformer's model width).
+        hidden: LSTM hidden size per direction, or the transformer's feed-forward size.
+        num_layers: LSTM or transformer layers.
+        num_heads: attention heads (transformer).
+        dropout: dropout between layers.
+        pad_id: the padding token id (its embedding stays zero).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        out_dim: int = 128,
+        kind: str = "lstm",
+        embed_dim: int = 64,
+        hidden: int = 64,
+        num_layers: int = 1,
+        num_heads: int = 4,
+        dropout: float = 0.1,
+        pad_id: int = 0,
+    ) -> None:
+        super().__init__()
+        if kind not in TEXT_ENCODER_KINDS:
+            raise ValueError(f"kind: expected one of {', '.join(TEXT_ENCODER_KINDS)}, got {kind!r}")
+        if min(vocab_size, out_dim, embed_dim, hidden, num_layers) < 1:
+            raise ValueError(
+                "TextEncoder: expected positive vocab_size, out_dim, embed_dim, hidden and num_layers, got "
+                f"{vocab_size}, {out_dim}, {embed_dim}, {hidden}, {num_layers}"
+            )
+        if not 0 <= pad_id < vocab_size:
+            raise ValueError(f"pad_id: expected an id in [0, {vocab_size}), got {pad_id}")
+        self.kind = kind
+        self.vocab_size = vocab_size
+        self.out_dim = out_dim
+        self.pad_id = pad_id
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
+        if kind == "lstm":
+            self.lstm = nn.LSTM(
+                embed_dim,
+                hidden,
+                num_layers=num_layers,
+                batch_first=True,
+                bidirectional=True,
+                dropout=dropout if num_layers > 1 else 0.0,
+            )
+            self.proj = nn.Linear(2 * hidden, out_dim)
+        else:
+            if embed_dim % num_heads:
+                raise ValueError(f"num_heads: {num_heads} does not divide embed_dim={embed_dim}")
+            layer = nn.TransformerEncoderLayer(
+                embed_dim, num_heads, hidden, dropout, batch_first=True, norm_first=True
+            )
+            self.transformer = nn.TransformerEncoder(
+                layer, num_layers, norm=nn.LayerNorm(embed_dim), enable_nested_tensor=False
+            )
+            self.proj = nn.Linear(embed_dim, out_dim)
+
+    def _lengths(self, tokens: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        if tokens.dim() != 2 or tokens.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"tokens: expected int64 ids [B, L], got {tokens.dtype} {list(tokens.shape)}")
+        if lengths is None:
+            # Without lengths, padding is wherever the pad id is (at the end of each row).
+            lengths = (tokens != self.pad_id).sum(dim=1).clamp_min(1)
+        return check_lengths(lengths, tokens.shape[0], tokens.shape[1], "lengths")
+
+    def _run(
+        self, tokens: torch.Tensor, lengths: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Per-position outputs ``[B, L, D]``, the padding mask and (LSTM) the final states ``[B, D]``."""
+        lengths = self._lengths(tokens, lengths)
+        steps = tokens.shape[1]
+        padding_mask = lengths_to_padding_mask(lengths, steps).to(tokens.device)
+        embedded = self.embedding(tokens)
+        if self.kind == "lstm":
+            packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+            outputs, (h_n, _) = self.lstm(packed)
+            outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=steps)
+            final = torch.cat([h_n[-2], h_n[-1]], dim=-1)
+            return outputs, padding_mask, final
+        scale = math.sqrt(embedded.shape[-1])
+        x = embedded * scale + sinusoidal_positions(steps, embedded.shape[-1], tokens.device)
+        outputs = self.transformer(x, src_key_padding_mask=padding_mask)
+        return outputs, padding_mask, None
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, out_dim]`` from ids ``[B, L]`` and int64 ``lengths`` ``[B]`` (default: non-pad count)."""
+        outputs, padding_mask, final = self._run(tokens, lengths)
+        if final is not None:
+            return self.proj(final)
+        return masked_mean(self.proj(outputs), padding_mask)
+
+    def forward_tokens(
+        self, tokens: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected per-position outputs ``[B, L, out_dim]`` and the padding mask ``[B, L]``."""
+        outputs, padding_mask, _ = self._run(tokens, lengths)
+        return self.proj(outputs), padding_mask
