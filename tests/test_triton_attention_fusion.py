@@ -267,3 +267,15 @@ def test_cuda_realistic_sizes(dims, lead, out_dim, dtype):
         plain_error = (reference.double() - expected).abs().max().item()
         scale = max(expected.abs().max().item(), 1e-3)
         assert fused_error <= 2 * plain_error + _SLACK[dtype] * scale, (name, fused_error, plain_error, scale)
+
+
+@pytest.mark.parametrize("rows", [5, 37])
+def test_outputs_never_share_storage(rows):
+    """Custom ops may not return tensors that alias each other or their inputs."""
+    case = Case((7, 20, 13), (rows,), 9, torch.float32)
+    out, attn, grads = case.run_kernels()
+    outputs = [out, attn, *grads[0], *grads[1], *grads[2], grads[3], grads[4]]
+    storages = {t.untyped_storage().data_ptr() for t in outputs}
+    assert len(storages) == len(outputs)
+    inputs = [*case.xs, *case.proj_weights, *case.proj_biases, case.score_weight, case.score_bias]
+    assert storages.isdisjoint(t.untyped_storage().data_ptr() for t in inputs)

@@ -198,3 +198,38 @@ def test_cuda_realistic_sizes(count, shape, dtype):
         plain_error = (reference.double() - expected).abs().max().item()
         scale = max(expected.abs().max().item(), 1e-3)
         assert fused_error <= 2 * plain_error + _SLACK[dtype] * scale, (name, fused_error, plain_error, scale)
+
+
+def test_availability_describes_how_the_kernels_run():
+    import mmfast.triton
+
+    available, description = mmfast.triton.availability(DEVICE)
+    assert available and mmfast.triton.is_available(DEVICE)
+    assert ("interpreter" if _common.INTERPRETED else "CUDA") in description
+    assert not mmfast.triton.is_available("meta")
+
+
+def test_cpu_tensors_need_the_interpreter():
+    """In a fresh process without TRITON_INTERPRET, CPU tensors cannot use the kernels, and the
+    reason says what to set."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "import mmfast.triton as t; print(t.availability('cpu'))"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == str(
+        (False, "CPU tensors need TRITON_INTERPRET=1 (set before the kernels are imported)")
+    )
+
+
+@pytest.mark.parametrize("rows", [5, 37])
+def test_outputs_never_share_storage(rows):
+    """Custom ops may not return tensors that alias each other or their inputs."""
+    xs, weight, bias = _make_case(3, (rows, 9), torch.float32, bias=True)
+    out, gates = gated_fusion_forward(xs, weight, bias)
+    grad_xs, grad_weight, grad_bias = gated_fusion_backward(out, xs, weight, gates, (True, True, True))
+    outputs = [out, gates, *grad_xs, grad_weight, grad_bias]
+    storages = {t.untyped_storage().data_ptr() for t in outputs}
+    assert len(storages) == len(outputs)
+    assert storages.isdisjoint(t.untyped_storage().data_ptr() for t in [*xs, weight, bias])

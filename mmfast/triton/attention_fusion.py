@@ -206,10 +206,9 @@ def _attention_fusion_input_grad_kernel(
     PWS,
     PBS,
     ATTN,
-    GRAD_X,
+    GRAD_XS,
     SHARES,
     DIMS,
-    OFFSETS,
     TILE_STARTS,
     R,
     D_OUT,
@@ -225,7 +224,7 @@ def _attention_fusion_input_grad_kernel(
     BLOCK_O: tl.constexpr,
 ):
     """Program (row tile, column tile t of the D_m): G = dout @ P_m[:, tile]; stores w_m * G into
-    ``GRAD_X`` and ``SHARES[rows, t] = sum_k x_m * G`` (plus ``dout . p_m`` on the first tile)."""
+    ``GRAD_XS[m]`` and ``SHARES[rows, t] = sum_k x_m * G`` (plus ``dout . p_m`` on the first tile)."""
     tl.static_assert(BLOCK_R >= 16 and BLOCK_O >= 16 and COLUMN_BLOCK >= 16)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     tile = tl.program_id(1).to(tl.int64)
@@ -268,7 +267,7 @@ def _attention_fusion_input_grad_kernel(
     if NEED_INPUTS:
         weight = tl.load(ATTN + rows * NUM_INPUTS + segment, mask=row_ok, other=0.0).to(tl.float32)
         tl.store(
-            GRAD_X + R * pick(OFFSETS, segment) + rows[:, None] * dim + ks[None, :],
+            pick(GRAD_XS, segment) + rows[:, None] * dim + ks[None, :],
             weight[:, None] * acc,
             mask=row_ok[:, None] & k_ok[None, :],
         )
@@ -279,7 +278,7 @@ def _attention_fusion_score_grad_kernel(
     ATTN,
     SHARES,
     SW,
-    GRAD_X,
+    GRAD_XS,
     GRAD_SCORES,
     DIMS,
     OFFSETS,
@@ -295,7 +294,7 @@ def _attention_fusion_score_grad_kernel(
     BLOCK_R: tl.constexpr,
 ):
     """Program (row tile, column tile t): ds of the rows from the shares of kernel 1 (tile 0 stores
-    it) and, with NEED_INPUTS, ``GRAD_X[:, tile] += ds @ S[:, tile]``."""
+    it) and, with NEED_INPUTS, ``GRAD_XS[m][:, tile] += ds @ S[:, tile]``."""
     tl.static_assert(BLOCK_R >= 16 and COLUMN_BLOCK >= 16 and SCORES_PAD >= 16)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     tile = tl.program_id(1).to(tl.int64)
@@ -336,7 +335,7 @@ def _attention_fusion_score_grad_kernel(
             other=0.0,
         )
         extra = tl.dot(grad_scores.to(s.dtype), s, input_precision=DOT_PRECISION)
-        pointers = GRAD_X + R * offset + rows[:, None] * dim + ks[None, :]
+        pointers = pick(GRAD_XS, segment) + rows[:, None] * dim + ks[None, :]
         tile_ok = row_ok[:, None] & k_ok[None, :]
         partial = tl.load(pointers, mask=tile_ok, other=0.0).to(tl.float32)
         tl.store(pointers, partial + extra, mask=tile_ok)
@@ -353,7 +352,6 @@ def _attention_fusion_proj_grad_kernel(
     GRAD_PW,
     GRAD_PB,
     DIMS,
-    OFFSETS,
     TILE_STARTS,
     R,
     D_OUT,
@@ -370,7 +368,8 @@ def _attention_fusion_proj_grad_kernel(
 ):
     """Program (output tile, column tile t, split): dP_m[outs, tile] = (w_m dout).T @ x_m over the
     split's rows; the first tile of each segment also sums dp_m. Without NEED_WEIGHT the second grid
-    axis is the segment. Partial sums go to ``[splits, ...]`` buffers (float32 when split)."""
+    axis is the segment. Partial sums go to ``[splits, ...]`` buffers, one per segment (float32 when
+    split)."""
     tl.static_assert(BLOCK_O >= 16 and BLOCK_R >= 16 and COLUMN_BLOCK >= 16)
     outs = tl.program_id(0).to(tl.int64) * BLOCK_O + tl.arange(0, BLOCK_O)
     tile = tl.program_id(1).to(tl.int64)
@@ -409,17 +408,13 @@ def _attention_fusion_proj_grad_kernel(
             bias_acc += tl.sum(scaled, axis=0)
     if NEED_WEIGHT:
         tl.store(
-            GRAD_PW
-            + split * D_OUT * D_TOTAL
-            + D_OUT * pick(OFFSETS, segment)
-            + outs[:, None] * dim
-            + ks[None, :],
+            pick(GRAD_PW, segment) + split * D_OUT * dim + outs[:, None] * dim + ks[None, :],
             acc,
             mask=out_ok[:, None] & k_ok[None, :],
         )
     if NEED_BIAS:
         if tile == first_tile:
-            tl.store(GRAD_PB + (split * NUM_INPUTS + segment) * D_OUT + outs, bias_acc, mask=out_ok)
+            tl.store(pick(GRAD_PB, segment) + split * D_OUT + outs, bias_acc, mask=out_ok)
 
 
 @triton.autotune(
@@ -511,9 +506,11 @@ class _Segments:
         self.tiles = tiles
         self.column_block = column_block
 
-    def views(self, flat: torch.Tensor, rows: int) -> list[torch.Tensor]:
-        """Splits a flat buffer of consecutive ``[rows, D_m]`` blocks into those blocks."""
-        return [flat[rows * o : rows * (o + d)].view(rows, d) for o, d in zip(self.offsets, self.dims)]
+
+def _sum_splits(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The gradient from its ``[splits, ...]`` buffer: the buffer itself with one split, else the
+    float32 partial sums added up."""
+    return partials[0] if partials.shape[0] == 1 else partials.sum(0).to(dtype)
 
 
 def _column_block(dims: Sequence[int]) -> int:
@@ -673,9 +670,7 @@ def attention_fusion_backward(
 
     with device_guard(device):
         if need_score_grad:
-            grad_x_flat = (
-                torch.empty(rows * segments.total, dtype=dtype, device=device) if need_inputs else None
-            )
+            grad_xs = [torch.empty_like(x) for x in xs] if need_inputs else None
             shares = torch.empty((rows, segments.tiles), dtype=torch.float32, device=device)
             grad_scores = torch.empty((rows, count), dtype=torch.float32, device=device)
 
@@ -688,10 +683,9 @@ def attention_fusion_backward(
                 tuple(proj_weights),
                 None if proj_biases is None else tuple(proj_biases),
                 attn,
-                grad_x_flat,
+                None if grad_xs is None else tuple(grad_xs),
                 shares,
                 segments.dims,
-                segments.offsets,
                 segments.tile_starts,
                 rows,
                 out_dim,
@@ -709,7 +703,7 @@ def attention_fusion_backward(
                 attn,
                 shares,
                 score_weight,
-                grad_x_flat,
+                None if grad_xs is None else tuple(grad_xs),
                 grad_scores,
                 segments.dims,
                 segments.offsets,
@@ -725,20 +719,23 @@ def attention_fusion_backward(
                 BLOCK_R=_SCORE_GRAD_BLOCK_R,
                 num_warps=4,
             )
-            if need_inputs:
-                grad_xs = segments.views(grad_x_flat, rows)
 
         if need_proj_weight or need_proj_bias:
             tiles = segments.tiles if need_proj_weight else count
             splits, rows_per_split = row_splits(rows, triton.cdiv(out_dim, 64) * tiles, device)
             target_dtype = dtype if splits == 1 else torch.float32
-            weight_target = (
-                torch.empty((splits, out_dim * segments.total), dtype=target_dtype, device=device)
+            # One buffer per modality: the gradients must not share storage (custom ops may not
+            # return aliasing tensors).
+            weight_targets = (
+                tuple(
+                    torch.empty((splits, out_dim, d), dtype=target_dtype, device=device)
+                    for d in segments.dims
+                )
                 if need_proj_weight
                 else None
             )
-            bias_target = (
-                torch.empty((splits, count, out_dim), dtype=target_dtype, device=device)
+            bias_targets = (
+                tuple(torch.empty((splits, out_dim), dtype=target_dtype, device=device) for _ in xs)
                 if need_proj_bias
                 else None
             )
@@ -750,10 +747,9 @@ def attention_fusion_backward(
                 grad_out,
                 tensors,
                 attn,
-                weight_target,
-                bias_target,
+                weight_targets,
+                bias_targets,
                 segments.dims,
-                segments.offsets,
                 segments.tile_starts,
                 rows,
                 out_dim,
@@ -767,12 +763,9 @@ def attention_fusion_backward(
                 COLUMN_BLOCK=column_block,
             )
             if need_proj_weight:
-                flat = weight_target[0] if splits == 1 else weight_target.sum(0).to(dtype)
-                grad_proj_weights = segments.views(flat, out_dim)
+                grad_proj_weights = [_sum_splits(target, dtype) for target in weight_targets]
             if need_proj_bias:
-                grad_proj_biases = list(
-                    (bias_target[0] if splits == 1 else bias_target.sum(0).to(dtype)).unbind(0)
-                )
+                grad_proj_biases = [_sum_splits(target, dtype) for target in bias_targets]
 
         if need_score_weight or need_score_bias:
             tiles = segments.tiles if need_score_weight else 1
@@ -806,9 +799,9 @@ def attention_fusion_backward(
                 COLUMN_BLOCK=column_block,
             )
             if need_score_weight:
-                grad_score_weight = weight_target[0] if splits == 1 else weight_target.sum(0).to(dtype)
+                grad_score_weight = _sum_splits(weight_target, dtype)
             if need_score_bias:
-                grad_score_bias = bias_target[0] if splits == 1 else bias_target.sum(0).to(dtype)
+                grad_score_bias = _sum_splits(bias_target, dtype)
     return grad_xs, grad_proj_weights, grad_proj_biases, grad_score_weight, grad_score_bias
 
 

@@ -37,8 +37,10 @@ from mmfast.triton._common import (
 
 __all__ = ["gated_fusion_forward", "gated_fusion_backward"]
 
-# Registers per thread that the forward may spend on its [rows, groups, features] logit tile.
-_LOGIT_TILE_ELEMENTS_PER_WARP = 2048
+# fp32 elements per warp that the forward may keep in registers for its logit tile and the current
+# group's accumulator (with 16-bit inputs; half as many with float32 inputs, whose operand tiles are
+# twice as large). Checked against ptxas register reports for sm_80 and sm_90.
+_ACCUMULATOR_ELEMENTS_PER_WARP = 4096
 
 _FORWARD_CONFIGS = select_configs(
     [
@@ -50,6 +52,7 @@ _FORWARD_CONFIGS = select_configs(
         config(8, 3, BLOCK_R=32, BLOCK_D=64, BLOCK_K=64),
         config(4, 4, BLOCK_R=32, BLOCK_D=32, BLOCK_K=64),
         config(4, 3, BLOCK_R=16, BLOCK_D=64, BLOCK_K=64),
+        config(4, 3, BLOCK_R=16, BLOCK_D=32, BLOCK_K=64),
     ],
     config(4, 1, BLOCK_R=16, BLOCK_D=16, BLOCK_K=16),
 )
@@ -79,13 +82,10 @@ _WEIGHT_GRAD_CONFIGS = select_configs(
 
 
 def _prune_forward(configs, named_args, **kwargs):
-    """Keep the configs whose logit tile fits in registers for this many modality groups."""
-    groups = kwargs["GROUPS_PAD"]
-    fitting = [
-        c
-        for c in configs
-        if c.kwargs["BLOCK_R"] * groups * c.kwargs["BLOCK_D"] <= _LOGIT_TILE_ELEMENTS_PER_WARP * c.num_warps
-    ]
+    """Keep the configs whose logit tile and accumulator fit in registers for this many groups."""
+    budget = _ACCUMULATOR_ELEMENTS_PER_WARP // (2 if named_args["W"].element_size() > 2 else 1)
+    live = kwargs["GROUPS_PAD"] + 1
+    fitting = [c for c in configs if live * c.kwargs["BLOCK_R"] * c.kwargs["BLOCK_D"] <= budget * c.num_warps]
     return fitting or [min(configs, key=lambda c: c.kwargs["BLOCK_R"] * c.kwargs["BLOCK_D"])]
 
 
@@ -267,7 +267,7 @@ def _gated_fusion_input_grad_kernel(
         share = tl.load(
             GATES + rows[:, None] * width + (segment * D + cols)[None, :], mask=tile_ok, other=0.0
         ).to(tl.float32)
-    tl.store(GRAD_XS + segment * R * D + tile, acc + grad * share, mask=tile_ok)
+    tl.store(pick(GRAD_XS, segment) + tile, acc + grad * share, mask=tile_ok)
 
 
 @triton.autotune(configs=_WEIGHT_GRAD_CONFIGS, key=["D", "ROWS_BUCKET", "NUM_INPUTS", "NEED_WEIGHT"])
@@ -470,7 +470,9 @@ def gated_fusion_backward(
         )
 
         if need_inputs:
-            grad_inputs = xs[0].new_empty((count, rows, dim))
+            # Separate tensors: the gradients must not share storage (custom ops may not return
+            # aliasing tensors).
+            grad_xs = [torch.empty_like(x) for x in xs]
 
             def input_grid(meta):
                 return (triton.cdiv(rows, meta["BLOCK_R"]), triton.cdiv(dim, meta["BLOCK_D"]), count)
@@ -480,7 +482,7 @@ def gated_fusion_backward(
                 weight,
                 grad_out,
                 gates,
-                grad_inputs,
+                tuple(grad_xs),
                 rows,
                 dim,
                 rows_bucket(rows),
@@ -488,7 +490,6 @@ def gated_fusion_backward(
                 NUM_GROUPS=groups,
                 DOT_PRECISION=precision,
             )
-            grad_xs = list(grad_inputs.unbind(0))
 
         if need_weight or need_bias:
             segments = count if need_weight else 1
