@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
+
+import torch
 
 # Read when @triton.jit decorates, so it must be set before any test module imports a kernel.
-if shutil.which("nvidia-smi") is None:
+if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import numpy as np
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
