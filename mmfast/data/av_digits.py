@@ -26,6 +26,12 @@ Options:
         place). Applied to every split, drawn per sample from ``seed``, so that the image alone is
         unreliable and fusion with the audio matters.
     corruption_strength: in (0, 1], default 0.5.
+    corrupt_audio: ``None``, ``"noise"`` (Gaussian noise of standard deviation
+        ``audio_corruption_strength`` added to the normalised MFCC frames) or ``"masking"`` (a span
+        of ``ceil(audio_corruption_strength * T)`` consecutive frames set to 0, the utterance mean).
+        Also applied to every split and drawn from ``seed``. Clean audio alone is about 98 %
+        accurate, which leaves fusion little to add; degrading both modalities shows what it adds.
+    audio_corruption_strength: in (0, 1] for masking, (0, 10] for noise; default 0.5.
     normalize_audio: per-utterance mean / variance normalisation of the MFCC frames (default True).
 
 Images are normalised with the mean and standard deviation of the training split's images.
@@ -54,6 +60,7 @@ NUM_RECORDINGS = 3000
 MFCC_FEATURES = 13
 IMAGE_SIDE = 8
 CORRUPTIONS = (None, "noise", "occlusion")
+AUDIO_CORRUPTIONS = (None, "noise", "masking")
 CREDIT = (
     "AV-digits pairs recordings of the Free Spoken Digit Dataset (Z. Jackson, C. Souza, J. Flaks, "
     "Y. Pan, H. Nicolas, A. Thite; https://github.com/Jakobovski/free-spoken-digit-dataset; "
@@ -67,6 +74,8 @@ _DEFAULTS: dict[str, Any] = {
     "corrupt_images": None,
     "corruption_strength": 0.5,
     "normalize_audio": True,
+    "corrupt_audio": None,
+    "audio_corruption_strength": 0.5,
 }
 
 
@@ -84,6 +93,17 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
         raise ValueError(f"corruption_strength: expected a number in (0, 1], got {strength!r}")
     resolved["corruption_strength"] = float(strength)
+    if resolved["corrupt_audio"] not in AUDIO_CORRUPTIONS:
+        raise ValueError(
+            f"corrupt_audio: expected one of {AUDIO_CORRUPTIONS}, got {resolved['corrupt_audio']!r}"
+        )
+    audio_strength = resolved["audio_corruption_strength"]
+    upper = 10.0 if resolved["corrupt_audio"] == "noise" else 1.0
+    if not isinstance(audio_strength, (int, float)) or not 0 < audio_strength <= upper:
+        raise ValueError(
+            f"audio_corruption_strength: expected a number in (0, {upper:g}], got {audio_strength!r}"
+        )
+    resolved["audio_corruption_strength"] = float(audio_strength)
     resolved["normalize_audio"] = bool(resolved["normalize_audio"])
     return resolved
 
@@ -188,6 +208,29 @@ def corrupt(
     raise ValueError(f"corrupt_images: expected one of {CORRUPTIONS}, got {kind!r}")
 
 
+def corrupt_audio(
+    sequences: list[torch.Tensor], kind: str | None, strength: float, rng: np.random.Generator
+) -> list[torch.Tensor]:
+    """Frame sequences ``[T, F]`` with additive Gaussian noise or a masked span of frames each."""
+    if kind is None:
+        return sequences
+    if kind == "noise":
+        return [
+            s + strength * torch.from_numpy(rng.standard_normal(s.shape).astype(np.float32))
+            for s in sequences
+        ]
+    if kind == "masking":
+        out = []
+        for s in sequences:
+            span = math.ceil(strength * s.shape[0])
+            start = int(rng.integers(0, s.shape[0] - span + 1))
+            masked = s.clone()
+            masked[start : start + span] = 0.0
+            out.append(masked)
+        return out
+    raise ValueError(f"corrupt_audio: expected one of {AUDIO_CORRUPTIONS}, got {kind!r}")
+
+
 @functools.lru_cache(maxsize=4)
 def _build_splits(seed: int, options_key: tuple) -> dict[str, tuple]:
     options = dict(options_key)
@@ -210,6 +253,10 @@ def _build_splits(seed: int, options_key: tuple) -> dict[str, tuple]:
         audio = [recordings[i] for i in audio_ids]
         if options["normalize_audio"]:
             audio = [normalize_utterance(a) for a in audio]
+        audio_rng = np.random.default_rng([seed, 4, split_index])
+        audio = corrupt_audio(
+            audio, options["corrupt_audio"], options["audio_corruption_strength"], audio_rng
+        )
         labels = torch.from_numpy(audio_labels[audio_ids])
         sources = {"audio": torch.from_numpy(audio_ids), "image": torch.from_numpy(image_ids)}
         built[split] = (images, audio, labels, sources)

@@ -1,0 +1,183 @@
+"""Multimodal classifier: fused vs reference twins, missing modalities, modality dropout, gradients."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from mmfast.data import collate, dataset_info
+from mmfast.models.builder import build_classifier
+from mmfast.models.classifier import FUSIONS
+
+SYNTHETIC = dataset_info("synthetic", num_classes=3)  # audio, image, text: M = 3
+AV_DIGITS = dataset_info("av-digits")  # audio, image: M = 2
+FUSED_LAYERS = {"gated": "mmfast.nn.gated_fusion", "attention": "mmfast.nn.attention_fusion"}
+SMALL = {"hidden": 16, "image_channels": (4, 8), "audio_channels": (8,)}
+
+
+def _fused_layer_available(fusion: str) -> bool:
+    if fusion not in FUSED_LAYERS:
+        return True
+    try:
+        importlib.import_module(FUSED_LAYERS[fusion])
+    except ImportError:
+        return False
+    return True
+
+
+def _batch(info, size: int = 6) -> dict[str, torch.Tensor]:
+    """A collated batch of random inputs with the shapes of ``info``, lengths varying."""
+    generator = torch.Generator().manual_seed(size)
+    samples = []
+    for i in range(size):
+        sample = {"label": torch.tensor(i % info.num_classes)}
+        if "image" in info.modalities:
+            sample["image"] = torch.randn(info.image_shape, generator=generator)
+        if "audio" in info.modalities:
+            sample["audio"] = torch.randn(3 + 2 * i, info.audio_features, generator=generator)
+        if "text" in info.modalities:
+            sample["text"] = torch.randint(2, info.vocab_size, (1 + i,), generator=generator)
+        samples.append(sample)
+    return collate(samples)
+
+
+def _twins(info, fusion: str, **options):
+    torch.manual_seed(0)
+    fused = build_classifier(info, fusion=fusion, **SMALL, **options)
+    reference = build_classifier(info, fusion=fusion, reference=True, **SMALL, **options)
+    reference.load_state_dict(fused.state_dict())
+    return fused.eval(), reference.eval()
+
+
+@pytest.mark.parametrize("info", [AV_DIGITS, SYNTHETIC], ids=["M2", "M3"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_fused_and_reference_twins_share_parameters_and_outputs(fusion: str, info) -> None:
+    if not _fused_layer_available(fusion):
+        # Until issue 3's layers land, asking for them must say exactly what is missing.
+        with pytest.raises(ImportError, match=FUSED_LAYERS[fusion].replace(".", r"\.")):
+            build_classifier(info, fusion=fusion, **SMALL)
+        reference = build_classifier(info, fusion=fusion, reference=True, **SMALL).eval()
+        assert reference(_batch(info)).shape == (6, info.num_classes)
+        return
+    fused, reference = _twins(info, fusion)
+    assert list(fused.state_dict()) == list(reference.state_dict())
+    batch = _batch(info)
+    expected = reference(batch)
+    assert expected.shape == (6, info.num_classes)
+    torch.testing.assert_close(fused(batch), expected, atol=2e-5, rtol=1e-4)
+    # And back: the reference's weights in the fused model.
+    torch.manual_seed(1)
+    other = build_classifier(info, fusion=fusion, reference=True, **SMALL).eval()
+    fused.load_state_dict(other.state_dict())
+    torch.testing.assert_close(fused(batch), other(batch), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "transformer"])
+def test_twins_match_gradients_too(fusion: str) -> None:
+    fused, reference = _twins(SYNTHETIC, fusion, dropout=0.0)
+    batch = _batch(SYNTHETIC)
+    grads = []
+    for model in (fused, reference):
+        model.train()
+        loss = torch.nn.functional.cross_entropy(model(batch), batch["label"])
+        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    for (name, _), g_fused, g_ref in zip(fused.named_parameters(), *grads):
+        torch.testing.assert_close(g_fused, g_ref, atol=1e-5, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "transformer", "gated", "attention"])
+def test_every_parameter_gets_a_gradient(fusion: str) -> None:
+    torch.manual_seed(0)
+    model = build_classifier(SYNTHETIC, fusion=fusion, reference=not _fused_layer_available(fusion), **SMALL)
+    batch = _batch(SYNTHETIC)
+    torch.nn.functional.cross_entropy(model(batch), batch["label"]).backward()
+    # No unused parameter (DistributedDataParallel would need find_unused_parameters otherwise).
+    for name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_missing_modality_concat_fills_zeros() -> None:
+    model = build_classifier(AV_DIGITS, fusion="concat", **SMALL).eval()
+    batch = _batch(AV_DIGITS)
+    audio_only = {k: v for k, v in batch.items() if not k.startswith("image")}
+    logits = model(audio_only)
+    audio = model.encoders["audio"](batch["audio"], batch["audio_lengths"])
+    expected = model.head(model.fusion([audio, torch.zeros(6, model.encoders["image"].out_dim)]))
+    torch.testing.assert_close(logits, expected)
+    assert not torch.allclose(logits, model(batch))
+
+
+def test_missing_modality_transformer_leaves_its_tokens_out() -> None:
+    model = build_classifier(SYNTHETIC, fusion="transformer", **SMALL).eval()
+    batch = _batch(SYNTHETIC)
+    without_text = {k: v for k, v in batch.items() if not k.startswith("text")}
+    tokens = [
+        model.encoders[m].forward_tokens(batch[m], batch.get(f"{m}_lengths")) for m in ("audio", "image")
+    ]
+    expected = model.head(
+        model.fusion([tokens[0][0], tokens[1][0], None], [tokens[0][1], tokens[1][1], None])
+    )
+    torch.testing.assert_close(model(without_text), expected)
+    image_only = model({"image": batch["image"]})
+    assert image_only.shape == (6, 3) and torch.isfinite(image_only).all()
+
+
+@pytest.mark.parametrize("fusion", ["concat", "transformer"])
+def test_modality_dropout_acts_in_training_only(fusion: str) -> None:
+    torch.manual_seed(0)
+    plain = build_classifier(AV_DIGITS, fusion=fusion, dropout=0.0, **SMALL)
+    dropping = build_classifier(AV_DIGITS, fusion=fusion, dropout=0.0, modality_dropout=0.5, **SMALL)
+    dropping.load_state_dict(plain.state_dict())
+    batch = _batch(AV_DIGITS, size=32)
+    plain.eval(), dropping.eval()
+    torch.testing.assert_close(dropping(batch), plain(batch))
+    plain.train(), dropping.train()
+    assert not torch.allclose(dropping(batch), plain(batch))
+
+
+def test_dropped_modality_matches_inference_without_it() -> None:
+    torch.manual_seed(0)
+    model = build_classifier(AV_DIGITS, fusion="transformer", dropout=0.0, modality_dropout=0.6, **SMALL)
+    batch = _batch(AV_DIGITS, size=32)
+    model.train()
+    torch.manual_seed(7)
+    logits = model(batch)
+    torch.manual_seed(7)
+    keep = model._modality_keep_mask(list(model.modalities), 32, torch.device("cpu"))
+    assert keep.any(dim=1).all() and not keep.all()  # never all dropped; some dropped at p = 0.6
+    # With dropout 0 and no batch norm on the audio path, training and eval agree on audio alone.
+    audio_only = model.eval()({"audio": batch["audio"], "audio_lengths": batch["audio_lengths"]})
+    rows = keep[:, 0] & ~keep[:, 1]  # modalities are sorted: audio, image
+    assert rows.any()
+    torch.testing.assert_close(logits[rows], audio_only[rows], atol=1e-5, rtol=1e-4)
+
+
+def test_single_modality_baselines_and_ignored_keys() -> None:
+    for modality in ("audio", "image"):
+        model = build_classifier(AV_DIGITS, modalities=[modality], **SMALL)
+        assert model.modalities == (modality,)
+        assert model(_batch(AV_DIGITS)).shape == (6, 10)
+    model = build_classifier(AV_DIGITS, modalities=["audio"], fusion="transformer", **SMALL)
+    assert model({**_batch(AV_DIGITS), "unrelated": torch.zeros(1)}).shape == (6, 10)
+
+
+def test_text_transformer_encoder_in_the_classifier() -> None:
+    model = build_classifier(SYNTHETIC, fusion="transformer", text_encoder="transformer", **SMALL)
+    assert model(_batch(SYNTHETIC)).shape == (6, 3)
+
+
+def test_builder_and_classifier_errors() -> None:
+    with pytest.raises(ValueError, match="modalities"):
+        build_classifier(AV_DIGITS, modalities=["text"])
+    with pytest.raises(ValueError, match="fusion"):
+        build_classifier(AV_DIGITS, fusion="bilinear")
+    with pytest.raises(ValueError, match="two modalities"):
+        build_classifier(AV_DIGITS, fusion="gated", modalities=["audio"], reference=True)
+    with pytest.raises(ValueError, match="modality_dropout"):
+        build_classifier(AV_DIGITS, modality_dropout=1.0)
+    model = build_classifier(AV_DIGITS, **SMALL)
+    with pytest.raises(ValueError, match="batch"):
+        model({"label": torch.zeros(2, dtype=torch.int64)})
