@@ -169,7 +169,7 @@ def test_synthetic_difficulty_controls_how_often_modalities_show_the_label(diffi
     dataset = load_dataset("synthetic", "train", **options)
     classes = options["num_classes"]
     expected = 1 - difficulty * (classes - 1) / classes
-    for shown in dataset.shown_classes.values():
+    for shown in dataset.extras["shown_classes"].values():
         agreement = (shown == dataset.labels).float().mean().item()
         assert abs(agreement - expected) < 0.08
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -20,6 +21,8 @@ class MultimodalDataset(Dataset):
         info: the dataset's :class:`DatasetInfo`.
         source_ids: per modality, int64 ``[N]`` index of each sample's item in its source
             collection (e.g. which recording, which image), so that splits can be checked for overlap.
+        extras: further per-sample annotations that are not model inputs (e.g. the class each
+            synthetic modality shows), kept as ``dataset.extras``.
     """
 
     def __init__(
@@ -28,6 +31,7 @@ class MultimodalDataset(Dataset):
         labels: torch.Tensor,
         info: DatasetInfo,
         source_ids: Mapping[str, torch.Tensor] | None = None,
+        extras: Mapping[str, Any] | None = None,
     ) -> None:
         if labels.dim() != 1 or labels.dtype != torch.int64:
             raise ValueError(f"labels: expected int64 [N], got {labels.dtype} {list(labels.shape)}")
@@ -40,6 +44,7 @@ class MultimodalDataset(Dataset):
         self.labels = labels
         self.info = info
         self.source_ids = {k: v.clone() for k, v in (source_ids or {}).items()}
+        self.extras = dict(extras or {})
 
     def __len__(self) -> int:
         return len(self.labels)

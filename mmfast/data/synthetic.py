@@ -13,6 +13,7 @@ modality shows is then rendered with noise:
 So one modality alone reaches about ``1 - difficulty * (C - 1) / C`` accuracy and fusing them does
 better: ``difficulty=0`` is clean, ``difficulty=1`` is chance. Everything is drawn from ``seed``:
 the same seed and options give the same tensors. Samples are split 70 / 15 / 15 % per class.
+The class each modality shows is kept in ``dataset.extras["shown_classes"]``.
 
 Options:
     num_samples: total number of samples over the three splits (default 1200).
@@ -115,14 +116,13 @@ def load(split: str, seed: int = 0, **options: Any) -> MultimodalDataset:
     resolved = check_options(options)
     images, texts, audio, labels, shown = _generate(int(seed), tuple(sorted(resolved.items())))
     index = stratified_split(labels.numpy(), seed)[split]
-    dataset = MultimodalDataset(
+    return MultimodalDataset(
         {"audio": [audio[i] for i in index], "image": images[index], "text": [texts[i] for i in index]},
         labels[index],
         info(**resolved),
         source_ids={m: torch.from_numpy(index) for m in ("audio", "image", "text")},
+        extras={"shown_classes": {m: s[index] for m, s in shown.items()}},
     )
-    dataset.shown_classes = {m: s[index] for m, s in shown.items()}
-    return dataset
 
 
 @functools.lru_cache(maxsize=4)

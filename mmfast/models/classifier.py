@@ -45,8 +45,8 @@ class MultimodalClassifier(nn.Module):
     def __init__(
         self,
         encoders: Mapping[str, nn.Module],
-        fusion: str = "concat",
-        num_classes: int = 2,
+        fusion: str,
+        num_classes: int,
         hidden: int = 128,
         dropout: float = 0.1,
         modality_dropout: float = 0.0,
