@@ -19,6 +19,13 @@ enum class GemmSite : int {
   kConcatLinearForward = 0,
   kConcatLinearGradInput = 1,
   kConcatLinearGradWeight = 2,
+  kGatedFusionLogits = 3,
+  kGatedFusionGradInput = 4,
+  kGatedFusionGradWeight = 5,
+  kAttentionFusionScores = 6,
+  kAttentionFusionProjection = 7,
+  kAttentionFusionGradInput = 8,
+  kAttentionFusionGradWeight = 9,
 };
 
 struct TuneKey {
