@@ -1,5 +1,7 @@
 #include "cpu/activation_kernels.h"
 
+#include "cpu/compute_type.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -33,24 +35,8 @@ struct VecMath {
   static V positive_indicator(const V& y) { return V::blendv(V(0), V(1), y > V(0)); }
 };
 
-// Reduced-precision values are computed in float; float and double in their own type.
-template <typename scalar_t>
-using compute_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
 // Elements converted per block to compute_t on the stack.
 constexpr int64_t kBlock = 256;
-
-// Points `view` at `n` values of `src` in compute_t: the data itself when no conversion is
-// needed, otherwise a converted copy in `buffer`.
-template <typename scalar_t>
-const compute_t<scalar_t>* as_compute(const scalar_t* src, compute_t<scalar_t>* buffer, int64_t n) {
-  if constexpr (std::is_same_v<scalar_t, compute_t<scalar_t>>) {
-    return src;
-  } else {
-    at::vec::convert(src, buffer, n);
-    return buffer;
-  }
-}
 
 template <Activation A, typename scalar_t>
 void forward_range(const scalar_t* pre, scalar_t* out, int64_t n) {

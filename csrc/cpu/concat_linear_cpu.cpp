@@ -16,67 +16,10 @@
 #include "activation_names.h"
 #include "concat_linear_checks.h"
 #include "cpu/activation_kernels.h"
-#include "cpu/gemm.h"
-#include "cpu/segments.h"
+#include "cpu/segment_linear.h"
 
 namespace mmfast::cpu {
 namespace {
-
-int variant_of(Activation act, bool has_bias) { return static_cast<int>(act) * 2 + static_cast<int>(has_bias); }
-
-// act(x @ w.T + bias) for an already dense x, on the faster engine for the shape.
-at::Tensor linear_on_fastest_engine(GemmSite site, const at::Tensor& x, const at::Tensor& w,
-                                    const std::optional<at::Tensor>& bias, Activation act) {
-  const bool has_bias = bias.has_value() && bias->defined();
-  const TuneKey key{site, x.size(0), w.size(0), x.size(1), x.scalar_type(), variant_of(act, has_bias)};
-  return run_fastest(key, {{"aten", [&] { return aten_linear(x, w, bias, act); }},
-                           {"onednn", [&] { return onednn_linear(x, w, bias, act); }}});
-}
-
-// act(cat(inputs) @ w.T + bias) with one GEMM per segment accumulating into the output: no gather,
-// but only exact enough where the output dtype accumulates (float32, float64).
-at::Tensor split_k_linear(at::TensorList inputs, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                          Activation act, int64_t rows) {
-  at::Tensor out;
-  int64_t offset = 0;
-  for (const auto& x : inputs) {
-    const int64_t width = x.size(-1);
-    if (width == 0) {
-      continue;
-    }
-    const at::Tensor x2d = x.reshape({rows, width});
-    const at::Tensor w_slice = w.narrow(1, offset, width);
-    if (!out.defined()) {
-      out = (bias.has_value() && bias->defined()) ? at::addmm(*bias, x2d, w_slice.t()) : at::mm(x2d, w_slice.t());
-    } else {
-      out.addmm_(x2d, w_slice.t());
-    }
-    offset += width;
-  }
-  if (act != Activation::kNone) {
-    activation_forward(out, out, act);
-  }
-  return out;
-}
-
-// The forward GEMM over the segments, on the fastest of: gather + ATen, gather + oneDNN (bias and
-// activation fused), and for float32/float64 one ATen GEMM per segment (no gather).
-at::Tensor concat_linear_gemm(at::TensorList inputs, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                              Activation act, const ConcatLinearShape& shape) {
-  const bool has_bias = bias.has_value() && bias->defined();
-  const auto dtype = inputs[0].scalar_type();
-  const TuneKey key{GemmSite::kConcatLinearForward, shape.rows, shape.out_features, shape.in_features, dtype,
-                    variant_of(act, has_bias) * (kMaxConcatInputs + 1) + static_cast<int>(inputs.size())};
-  auto gathered = [&] { return gather_segments(inputs, shape.rows, shape.in_features); };
-  std::vector<GemmCandidate> candidates = {
-      {"aten", [&] { return aten_linear(gathered(), w, bias, act); }},
-      {"onednn", [&] { return onednn_linear(gathered(), w, bias, act); }},
-  };
-  if (inputs.size() > 1 && (dtype == at::kFloat || dtype == at::kDouble)) {
-    candidates.push_back({"aten_split_k", [&] { return split_k_linear(inputs, w, bias, act, shape.rows); }});
-  }
-  return run_fastest(key, candidates);
-}
 
 std::tuple<at::Tensor, at::Tensor> concat_linear_forward_cpu(at::TensorList inputs, const at::Tensor& weight,
                                                              const std::optional<at::Tensor>& bias,
@@ -92,39 +35,14 @@ std::tuple<at::Tensor, at::Tensor> concat_linear_forward_cpu(at::TensorList inpu
   }
   const at::Tensor w = weight.contiguous();
   if (!keep_preactivation) {
-    at::Tensor out = concat_linear_gemm(inputs, w, bias, act, shape);
+    at::Tensor out = segments_linear(GemmSite::kConcatLinearForward, inputs, w, bias, act, shape.rows, shape.in_features);
     return {out.view(shape.output_sizes), at::empty({0}, options)};
   }
-  at::Tensor pre = concat_linear_gemm(inputs, w, bias, Activation::kNone, shape);
+  at::Tensor pre = segments_linear(GemmSite::kConcatLinearForward, inputs, w, bias, Activation::kNone, shape.rows,
+                                   shape.in_features);
   at::Tensor out = at::empty_like(pre);
   activation_forward(pre, out, act);
   return {out.view(shape.output_sizes), pre.view(shape.output_sizes)};
-}
-
-// grad_weight = grad_pre.T @ cat(inputs): ATen writes each segment's slice in place (no gather);
-// oneDNN runs one GEMM over the gathered segments.
-at::Tensor grad_weight_cpu(const at::Tensor& grad_pre, at::TensorList inputs, int64_t rows, int64_t in_features) {
-  const int64_t out_features = grad_pre.size(1);
-  const TuneKey key{GemmSite::kConcatLinearGradWeight, rows, out_features, in_features, grad_pre.scalar_type(),
-                    static_cast<int>(inputs.size())};
-  return run_fastest(
-      key,
-      {{"aten",
-        [&] {
-        at::Tensor grad_weight = at::empty({out_features, in_features}, grad_pre.options());
-        int64_t offset = 0;
-        for (const auto& x : inputs) {
-          const int64_t width = x.size(-1);
-          at::Tensor slice = grad_weight.narrow(1, offset, width);
-          at::mm_out(slice, grad_pre.t(), x.reshape({rows, width}));
-          offset += width;
-        }
-        return grad_weight;
-      }},
-       {"onednn", [&] {
-          const at::Tensor x = gather_segments(inputs, rows, in_features);
-          return onednn_linear(grad_pre.t(), x.t(), std::nullopt, Activation::kNone);
-        }}});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> concat_linear_backward_cpu(
@@ -172,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> concat_linear_backward_cpu(
   at::Tensor grad_weight = at::empty({0}, options);
   if (output_mask[1]) {
     grad_weight = rows == 0 ? at::zeros({out_features, in_features}, options)
-                            : grad_weight_cpu(grad_pre, inputs, rows, in_features);
+                            : segments_grad_weight(GemmSite::kConcatLinearGradWeight, grad_pre, inputs, rows, in_features);
   }
   return {grad_input, grad_weight, grad_bias};
 }

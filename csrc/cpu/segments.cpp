@@ -3,28 +3,26 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <array>
 #include <cstring>
 #include <vector>
 
 namespace mmfast::cpu {
-namespace {
-
 // Grows, never shrinks: a training loop asks for the same size every step.
-at::Tensor scratch(int64_t numel, const at::TensorOptions& options) {
-  thread_local at::Tensor buffer;
+at::Tensor scratch_buffer(ScratchSlot slot, int64_t numel, const at::TensorOptions& options) {
+  thread_local std::array<at::Tensor, 2> buffers;
+  at::Tensor& buffer = buffers.at(static_cast<size_t>(slot));
   if (!buffer.defined() || buffer.numel() < numel || buffer.scalar_type() != options.dtype().toScalarType()) {
     buffer = at::empty({numel}, options);
   }
   return buffer.narrow(0, 0, numel);
 }
 
-}  // namespace
-
 at::Tensor gather_segments(at::TensorList inputs, int64_t rows, int64_t in_features) {
   if (inputs.size() == 1) {
     return inputs[0].reshape({rows, in_features});
   }
-  at::Tensor out = scratch(rows * in_features, inputs[0].options()).view({rows, in_features});
+  at::Tensor out = scratch_buffer(ScratchSlot::kGather, rows * in_features, inputs[0].options()).view({rows, in_features});
   std::vector<at::Tensor> segments;
   segments.reserve(inputs.size());
   bool rows_are_dense = true;

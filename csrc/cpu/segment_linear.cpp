@@ -1,0 +1,95 @@
+#include "cpu/segment_linear.h"
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "cpu/activation_kernels.h"
+#include "cpu/segments.h"
+
+namespace mmfast::cpu {
+namespace {
+
+// Tuning variants must not collide between segment counts; 64 is above every op's input limit.
+constexpr int kMaxSegmentsInKey = 64;
+
+int variant_of(Activation act, bool has_bias) { return static_cast<int>(act) * 2 + static_cast<int>(has_bias); }
+
+// One GEMM per segment accumulating into the output: no gather, but only exact enough where the
+// output dtype accumulates (float32, float64).
+at::Tensor split_k_linear(at::TensorList inputs, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                          Activation act, int64_t rows) {
+  at::Tensor out;
+  int64_t offset = 0;
+  for (const auto& x : inputs) {
+    const int64_t width = x.size(-1);
+    if (width == 0) {
+      continue;
+    }
+    const at::Tensor x2d = x.reshape({rows, width});
+    const at::Tensor w_slice = w.narrow(1, offset, width);
+    if (!out.defined()) {
+      out = (bias.has_value() && bias->defined()) ? at::addmm(*bias, x2d, w_slice.t()) : at::mm(x2d, w_slice.t());
+    } else {
+      out.addmm_(x2d, w_slice.t());
+    }
+    offset += width;
+  }
+  if (act != Activation::kNone) {
+    activation_forward(out, out, act);
+  }
+  return out;
+}
+
+}  // namespace
+
+at::Tensor linear_on_fastest_engine(GemmSite site, const at::Tensor& x, const at::Tensor& w,
+                                    const std::optional<at::Tensor>& bias, Activation act) {
+  const bool has_bias = bias.has_value() && bias->defined();
+  const TuneKey key{site, x.size(0), w.size(0), x.size(1), x.scalar_type(), variant_of(act, has_bias)};
+  return run_fastest(key, {{"aten", [&] { return aten_linear(x, w, bias, act); }},
+                           {"onednn", [&] { return onednn_linear(x, w, bias, act); }}});
+}
+
+at::Tensor segments_linear(GemmSite site, at::TensorList inputs, const at::Tensor& w,
+                           const std::optional<at::Tensor>& bias, Activation act, int64_t rows,
+                           int64_t in_features) {
+  const bool has_bias = bias.has_value() && bias->defined();
+  const auto dtype = inputs[0].scalar_type();
+  const TuneKey key{site, rows, w.size(0), in_features, dtype,
+                    variant_of(act, has_bias) * kMaxSegmentsInKey + static_cast<int>(inputs.size())};
+  auto gathered = [&] { return gather_segments(inputs, rows, in_features); };
+  std::vector<GemmCandidate> candidates = {
+      {"aten", [&] { return aten_linear(gathered(), w, bias, act); }},
+      {"onednn", [&] { return onednn_linear(gathered(), w, bias, act); }},
+  };
+  if (inputs.size() > 1 && (dtype == at::kFloat || dtype == at::kDouble)) {
+    candidates.push_back({"aten_split_k", [&] { return split_k_linear(inputs, w, bias, act, rows); }});
+  }
+  return run_fastest(key, candidates);
+}
+
+at::Tensor segments_grad_weight(GemmSite site, const at::Tensor& grad_pre, at::TensorList inputs, int64_t rows,
+                                int64_t in_features) {
+  const int64_t out_features = grad_pre.size(1);
+  const TuneKey key{site, rows, out_features, in_features, grad_pre.scalar_type(), static_cast<int>(inputs.size())};
+  return run_fastest(
+      key, {{"aten",
+             [&] {
+               at::Tensor grad_weight = at::empty({out_features, in_features}, grad_pre.options());
+               int64_t offset = 0;
+               for (const auto& x : inputs) {
+                 const int64_t width = x.size(-1);
+                 at::Tensor slice = grad_weight.narrow(1, offset, width);
+                 at::mm_out(slice, grad_pre.t(), x.reshape({rows, width}));
+                 offset += width;
+               }
+               return grad_weight;
+             }},
+            {"onednn", [&] {
+               const at::Tensor x = gather_segments(inputs, rows, in_features);
+               return onednn_linear(grad_pre.t(), x.t(), std::nullopt, Activation::kNone);
+             }}});
+}
+
+}  // namespace mmfast::cpu
