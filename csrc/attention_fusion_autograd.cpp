@@ -1,0 +1,136 @@
+// The autograd formula of mmfast::attention_fusion_forward, for every device. Both outputs are
+// differentiable (the attention weights are returned to users on request). It keeps the inputs,
+// the parameters and the weights; mmfast::attention_fusion_backward computes the gradients.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <vector>
+
+namespace mmfast {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using BackwardResult =
+    std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor, at::Tensor>;
+
+std::tuple<at::Tensor, at::Tensor> forward_op(at::TensorList inputs, at::TensorList proj_weights,
+                                              at::TensorList proj_biases, const at::Tensor& score_weight,
+                                              const std::optional<at::Tensor>& score_bias) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mmfast::attention_fusion_forward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(at::TensorList, at::TensorList, at::TensorList,
+                                                                 const at::Tensor&, const std::optional<at::Tensor>&)>();
+  return op.call(inputs, proj_weights, proj_biases, score_weight, score_bias);
+}
+
+BackwardResult backward_op(const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_weights,
+                           at::TensorList inputs, at::TensorList proj_weights, at::TensorList proj_biases,
+                           const at::Tensor& score_weight, const at::Tensor& weights, std::array<bool, 5> mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mmfast::attention_fusion_backward", "")
+                       .typed<BackwardResult(const at::Tensor&, const std::optional<at::Tensor>&, at::TensorList,
+                                             at::TensorList, at::TensorList, const at::Tensor&, const at::Tensor&,
+                                             std::array<bool, 5>)>();
+  return op.call(grad_output, grad_weights, inputs, proj_weights, proj_biases, score_weight, weights, mask);
+}
+
+class AttentionFusionFunction : public torch::autograd::Function<AttentionFusionFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, at::TensorList inputs, at::TensorList proj_weights,
+                               at::TensorList proj_biases, const at::Tensor& score_weight,
+                               const std::optional<at::Tensor>& score_bias) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [output, weights] = forward_op(inputs, proj_weights, proj_biases, score_weight, score_bias);
+    const auto count = static_cast<int64_t>(inputs.size());
+    ctx->saved_data["count"] = count;
+    ctx->saved_data["bias_count"] = static_cast<int64_t>(proj_biases.size());
+    ctx->saved_data["has_score_bias"] = score_bias.has_value() && score_bias->defined();
+    variable_list to_save = {score_weight, weights};
+    to_save.insert(to_save.end(), inputs.begin(), inputs.end());
+    to_save.insert(to_save.end(), proj_weights.begin(), proj_weights.end());
+    to_save.insert(to_save.end(), proj_biases.begin(), proj_biases.end());
+    ctx->save_for_backward(to_save);
+    return {output, weights};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const int64_t count = ctx->saved_data["count"].toInt();
+    const int64_t bias_count = ctx->saved_data["bias_count"].toInt();
+    const bool has_score_bias = ctx->saved_data["has_score_bias"].toBool();
+    // One gradient per forward argument: inputs, proj_weights, proj_biases, score_weight, score_bias.
+    const int64_t score_index = 2 * count + bias_count;
+    variable_list result(score_index + 2);
+    const at::Tensor& grad_output = grads[0];
+    const at::Tensor& grad_weights = grads[1];
+    if (!grad_output.defined() && !grad_weights.defined()) {
+      return result;
+    }
+    auto any_needed = [&](int64_t begin, int64_t end) {
+      bool needed = false;
+      for (int64_t i = begin; i < end; ++i) {
+        needed = needed || ctx->needs_input_grad(i);
+      }
+      return needed;
+    };
+    const std::array<bool, 5> mask = {any_needed(0, count), any_needed(count, 2 * count),
+                                      any_needed(2 * count, score_index), ctx->needs_input_grad(score_index),
+                                      has_score_bias && ctx->needs_input_grad(score_index + 1)};
+    const at::Tensor& score_weight = saved[0];
+    const at::Tensor& weights = saved[1];
+    const std::vector<at::Tensor> inputs(saved.begin() + 2, saved.begin() + 2 + count);
+    const std::vector<at::Tensor> proj_weights(saved.begin() + 2 + count, saved.begin() + 2 + 2 * count);
+    const std::vector<at::Tensor> proj_biases(saved.begin() + 2 + 2 * count, saved.end());
+    std::vector<int64_t> output_sizes = weights.sizes().vec();
+    output_sizes.back() = proj_weights[0].size(0);
+    // Only the weights reached the loss: the output's gradient is zero.
+    const at::Tensor dout = grad_output.defined() ? grad_output : at::zeros(output_sizes, weights.options());
+    auto [grad_input, grad_proj_weights, grad_proj_biases, grad_score_weight, grad_score_bias] =
+        backward_op(dout, grad_weights.defined() ? std::optional<at::Tensor>(grad_weights) : std::nullopt, inputs,
+                    proj_weights, proj_biases, score_weight, weights, mask);
+    if (mask[0]) {
+      int64_t offset = 0;
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t width = inputs[i].size(-1);
+        result[i] = grad_input.narrow(-1, offset, width);
+        offset += width;
+      }
+    }
+    for (size_t i = 0; i < grad_proj_weights.size(); ++i) {
+      result[count + static_cast<int64_t>(i)] = grad_proj_weights[i];
+    }
+    for (size_t i = 0; i < grad_proj_biases.size(); ++i) {
+      result[2 * count + static_cast<int64_t>(i)] = grad_proj_biases[i];
+    }
+    if (mask[3]) {
+      result[score_index] = grad_score_weight;
+    }
+    if (mask[4]) {
+      result[score_index + 1] = grad_score_bias;
+    }
+    return result;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> attention_fusion_forward_autograd(at::TensorList inputs,
+                                                                     at::TensorList proj_weights,
+                                                                     at::TensorList proj_biases,
+                                                                     const at::Tensor& score_weight,
+                                                                     const std::optional<at::Tensor>& score_bias) {
+  auto outputs = AttentionFusionFunction::apply(inputs, proj_weights, proj_biases, score_weight, score_bias);
+  return {outputs[0], outputs[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmfast, Autograd, m) {
+  m.impl("attention_fusion_forward", &attention_fusion_forward_autograd);
+}
+
+}  // namespace mmfast
