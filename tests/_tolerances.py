@@ -42,3 +42,23 @@ def _to_double(value):
     if isinstance(value, (list, tuple)):
         return type(value)(_to_double(v) for v in value)
     return value
+
+
+def assert_grads_match(
+    fused: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    reference: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    exact: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    dtype: torch.dtype,
+) -> None:
+    """Gradients of a fused op against the reference's in the same dtype (`reference`) and in float64
+    (`exact`): per-dtype tolerances, or for bfloat16 the same distance check as the forward."""
+    for got, plain, ref in zip(fused, reference, exact):
+        if dtype != torch.bfloat16:
+            tolerance = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 5e-3}[dtype]
+            torch.testing.assert_close(got, plain, rtol=tolerance, atol=tolerance)
+            continue
+        ref = ref.to(got.device)
+        fused_error = (got.double() - ref).abs().max().item()
+        plain_error = (plain.double() - ref).abs().max().item()
+        scale = ref.abs().max().item() if ref.numel() else 0.0
+        assert fused_error <= 2 * plain_error + 1e-2 * max(scale, 1e-3), (fused_error, plain_error, scale)

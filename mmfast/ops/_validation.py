@@ -11,14 +11,14 @@ MAX_CONCAT_INPUTS = 16
 
 
 def check_tensor_list(
-    inputs: object, argument: str = "inputs", max_count: int | None = None
+    inputs: object, argument: str = "inputs", max_count: int | None = None, min_count: int = 1
 ) -> list[torch.Tensor]:
     """A non-empty list of floating-point tensors of one dtype and device, each at least 1-D."""
     if isinstance(inputs, torch.Tensor) or not isinstance(inputs, Sequence):
         raise TypeError(f"{argument}: expected a sequence of tensors, got {type(inputs).__name__}")
     tensors = list(inputs)
-    if not tensors or (max_count is not None and len(tensors) > max_count):
-        limit = f"1 to {max_count}" if max_count is not None else "at least 1"
+    if len(tensors) < min_count or (max_count is not None and len(tensors) > max_count):
+        limit = f"{min_count} to {max_count}" if max_count is not None else f"at least {min_count}"
         raise ValueError(f"{argument}: expected {limit} tensors, got {len(tensors)}")
     first = tensors[0]
     for i, x in enumerate(tensors):
@@ -78,3 +78,75 @@ def check_concat_linear_args(
     if bias is not None:
         check_like(bias, "bias", tensors[0], [out_features])
     return tensors, in_features, out_features
+
+
+MAX_FUSION_INPUTS = 16
+
+
+def check_gated_fusion_args(
+    inputs: object, weight: object, bias: object
+) -> tuple[list[torch.Tensor], int]:
+    """Validated inputs and the number of gate logits (D for two inputs, M*D else)."""
+    tensors = check_tensor_list(inputs, "inputs", MAX_FUSION_INPUTS, min_count=2)
+    count = len(tensors)
+    dim = tensors[0].shape[-1]
+    for i, x in enumerate(tensors[1:], start=1):
+        if x.shape[-1] != dim:
+            raise ValueError(
+                f"inputs[{i}]: expected feature dim {dim} like inputs[0] (gated fusion blends inputs of "
+                f"one size), got {x.shape[-1]}"
+            )
+    if dim == 0:
+        raise ValueError("inputs: expected a feature dim of at least 1, got 0")
+    logits = dim if count == 2 else count * dim
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight: expected a tensor, got {type(weight).__name__}")
+    if list(weight.shape) != [logits, count * dim]:
+        form = "[D, 2D] for two inputs" if count == 2 else "[M*D, M*D]"
+        raise ValueError(
+            f"weight: expected shape [{logits}, {count * dim}] for {count} inputs of dim {dim} ({form}), "
+            f"got {list(weight.shape)}"
+        )
+    check_like(weight, "weight", tensors[0], weight.shape)
+    if bias is not None:
+        check_like(bias, "bias", tensors[0], [logits])
+    return tensors, logits
+
+
+def check_attention_fusion_args(
+    inputs: object,
+    proj_weights: object,
+    proj_biases: object,
+    score_weight: object,
+    score_bias: object,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], int]:
+    """Validated inputs, projection weights and biases (empty for None) and D_out."""
+    tensors = check_tensor_list(inputs, "inputs", MAX_FUSION_INPUTS)
+    count = len(tensors)
+    weights = _parameter_list(proj_weights, "proj_weights", count)
+    if weights[0].dim() != 2:
+        raise ValueError(
+            f"proj_weights[0]: expected shape [D_out, {tensors[0].shape[-1]}], got {list(weights[0].shape)}"
+        )
+    out_dim = weights[0].shape[0]
+    for m, (w, x) in enumerate(zip(weights, tensors)):
+        check_like(w, f"proj_weights[{m}]", tensors[0], [out_dim, x.shape[-1]])
+    biases = [] if proj_biases is None else _parameter_list(proj_biases, "proj_biases", count)
+    for m, b in enumerate(biases):
+        check_like(b, f"proj_biases[{m}]", tensors[0], [out_dim])
+    check_like(score_weight, "score_weight", tensors[0], [count, sum(x.shape[-1] for x in tensors)])
+    if score_bias is not None:
+        check_like(score_bias, "score_bias", tensors[0], [count])
+    return tensors, weights, biases, out_dim
+
+
+def _parameter_list(values: object, argument: str, count: int) -> list[torch.Tensor]:
+    if isinstance(values, torch.Tensor) or not isinstance(values, Sequence):
+        raise TypeError(f"{argument}: expected a sequence of {count} tensors, got {type(values).__name__}")
+    values = list(values)
+    if len(values) != count:
+        raise ValueError(f"{argument}: expected {count} tensors (one per input), got {len(values)}")
+    for i, v in enumerate(values):
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{argument}[{i}]: expected a tensor, got {type(v).__name__}")
+    return values

@@ -9,13 +9,13 @@ runs instead.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from mmfast import _backend
+from mmfast.ops import _dispatch
 from mmfast.ops._validation import check_concat_linear_args
 from mmfast.ops.activations import NEEDS_PREACTIVATION, apply_activation, check_activation
 
@@ -55,31 +55,13 @@ def concat_linear(
     if isinstance(inputs, torch.Tensor) or not isinstance(inputs, Sequence):
         raise TypeError(f"inputs: expected a sequence of tensors, got {type(inputs).__name__}")
     tensors = list(inputs)
-    if tensors and isinstance(tensors[0], torch.Tensor) and _uses_compiled_op(tensors[0].device):
+    device = tensors[0].device if tensors and isinstance(tensors[0], torch.Tensor) else None
+    if device is not None and _dispatch.implementation("concat_linear", device) == "compiled":
         # The op checks its arguments in C++ with the same messages; checking twice would cost
         # a tenth of a small call.
         return torch.ops.mmfast.concat_linear.default(tensors, weight, bias, activation)
     check_concat_linear_args(tensors, weight, bias)
     return concat_linear_reference(tensors, weight, bias, activation)
-
-
-_warned_devices: set[str] = set()
-
-
-def _uses_compiled_op(device: torch.device) -> bool:
-    if not _backend.extension_loaded():
-        return False
-    if device.type == "cpu" or (device.type == "cuda" and _backend.extension_has_cuda()):
-        return True
-    if device.type not in _warned_devices:
-        _warned_devices.add(device.type)
-        warnings.warn(
-            f"mmfast.ops.concat_linear: the compiled extension has no kernel for {device.type} tensors; "
-            "using the pure-PyTorch reference",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return False
 
 
 def _leading_shape(inputs: Sequence[torch.Tensor]) -> list[int]:
