@@ -45,7 +45,7 @@ def _cpu_lacks_avx2() -> bool:
 
 def _load_extension() -> None:
     global _extension_loaded, _load_error
-    if _requested_backend() == "reference":
+    if _REQUESTED == "reference":
         _load_error = f"{_BACKEND_ENV}=reference"
         return
     if _cpu_lacks_avx2():
@@ -81,11 +81,14 @@ def extension_has_cuda() -> bool:
 
 
 def requested_backend() -> str:
-    return _requested_backend()
+    """The backend asked for with MMFAST_BACKEND when mmfast was imported (read once: it decides
+    what gets loaded, and ops consult it on every call)."""
+    return _REQUESTED
 
 
 def load_error() -> str | None:
     return _load_error
 
 
+_REQUESTED = _requested_backend()
 _load_extension()

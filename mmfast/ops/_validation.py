@@ -123,7 +123,7 @@ def check_attention_fusion_args(
     """Validated inputs, projection weights and biases (empty for None) and D_out."""
     tensors = check_tensor_list(inputs, "inputs", MAX_FUSION_INPUTS)
     count = len(tensors)
-    weights = _parameter_list(proj_weights, "proj_weights", count)
+    weights = parameter_list(proj_weights, "proj_weights", count)
     if weights[0].dim() != 2:
         raise ValueError(
             f"proj_weights[0]: expected shape [D_out, {tensors[0].shape[-1]}], got {list(weights[0].shape)}"
@@ -131,7 +131,7 @@ def check_attention_fusion_args(
     out_dim = weights[0].shape[0]
     for m, (w, x) in enumerate(zip(weights, tensors)):
         check_like(w, f"proj_weights[{m}]", tensors[0], [out_dim, x.shape[-1]])
-    biases = [] if proj_biases is None else _parameter_list(proj_biases, "proj_biases", count)
+    biases = [] if proj_biases is None else parameter_list(proj_biases, "proj_biases", count)
     for m, b in enumerate(biases):
         check_like(b, f"proj_biases[{m}]", tensors[0], [out_dim])
     check_like(score_weight, "score_weight", tensors[0], [count, sum(x.shape[-1] for x in tensors)])
@@ -140,7 +140,8 @@ def check_attention_fusion_args(
     return tensors, weights, biases, out_dim
 
 
-def _parameter_list(values: object, argument: str, count: int) -> list[torch.Tensor]:
+def parameter_list(values: object, argument: str, count: int) -> list[torch.Tensor]:
+    """`values` as a list of `count` tensors, one per input."""
     if isinstance(values, torch.Tensor) or not isinstance(values, Sequence):
         raise TypeError(f"{argument}: expected a sequence of {count} tensors, got {type(values).__name__}")
     values = list(values)
@@ -150,3 +151,16 @@ def _parameter_list(values: object, argument: str, count: int) -> list[torch.Ten
         if not isinstance(v, torch.Tensor):
             raise TypeError(f"{argument}[{i}]: expected a tensor, got {type(v).__name__}")
     return values
+
+
+def as_list(values: object, argument: str) -> list:
+    """`values` as a list, or a TypeError naming `argument` when it is not a sequence (a tensor is
+    not: iterating it would split its first dim)."""
+    if isinstance(values, torch.Tensor) or not isinstance(values, Sequence):
+        raise TypeError(f"{argument}: expected a sequence of tensors, got {type(values).__name__}")
+    return list(values)
+
+
+def first_device(tensors: list) -> torch.device | None:
+    """The device of the first tensor, or None when there is none to look at."""
+    return tensors[0].device if tensors and isinstance(tensors[0], torch.Tensor) else None

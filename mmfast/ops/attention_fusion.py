@@ -16,7 +16,12 @@ import torch
 
 from mmfast import _backend
 from mmfast.ops import _dispatch
-from mmfast.ops._validation import check_attention_fusion_args
+from mmfast.ops._validation import (
+    as_list,
+    check_attention_fusion_args,
+    first_device,
+    parameter_list,
+)
 from mmfast.ops.fusion_reference import attention_fusion_reference
 
 __all__ = ["attention_fusion", "attention_fusion_reference"]
@@ -48,22 +53,27 @@ def attention_fusion(
     Returns:
         ``out`` (``[*, D_out]``), or ``(out, w)`` with ``return_weights``.
     """
-    tensors, weights, biases, _ = check_attention_fusion_args(
-        inputs, proj_weights, proj_biases, score_weight, score_bias
-    )
-    implementation = _dispatch.implementation("attention_fusion", tensors[0].device)
+    tensors = as_list(inputs, "inputs")
+    projections = parameter_list(proj_weights, "proj_weights", len(tensors))
+    biases = [] if proj_biases is None else parameter_list(proj_biases, "proj_biases", len(tensors))
+    device = first_device(tensors)
+    implementation = "reference" if device is None else _dispatch.implementation("attention_fusion", device)
     if implementation == "compiled":
+        # The op checks the rest in C++ with the same messages; checking in Python too would cost
+        # a third of a batch-1 call.
         out, attention = torch.ops.mmfast.attention_fusion.default(
-            tensors, weights, biases, score_weight, score_bias
+            tensors, projections, biases, score_weight, score_bias
         )
-    elif implementation == "triton":
-        from mmfast.ops._triton_backend import attention_fusion_triton
-
-        out, attention = attention_fusion_triton(tensors, weights, biases, score_weight, score_bias)
     else:
-        out, attention = attention_fusion_reference(
-            tensors, weights, biases or None, score_weight, score_bias, return_weights=True
-        )
+        check_attention_fusion_args(tensors, projections, biases or None, score_weight, score_bias)
+        if implementation == "triton":
+            from mmfast.ops._triton_backend import attention_fusion_triton
+
+            out, attention = attention_fusion_triton(tensors, projections, biases, score_weight, score_bias)
+        else:
+            out, attention = attention_fusion_reference(
+                tensors, projections, biases or None, score_weight, score_bias, return_weights=True
+            )
     return (out, attention) if return_weights else out
 
 

@@ -17,7 +17,7 @@ import torch
 
 from mmfast import _backend
 from mmfast.ops import _dispatch
-from mmfast.ops._validation import check_gated_fusion_args
+from mmfast.ops._validation import as_list, check_gated_fusion_args, first_device
 from mmfast.ops.fusion_reference import gated_fusion_reference
 
 __all__ = ["gated_fusion", "gated_fusion_reference"]
@@ -40,10 +40,14 @@ def gated_fusion(
     Returns:
         ``[*, D]``, differentiable with respect to every input, ``weight`` and ``bias``.
     """
-    tensors, _ = check_gated_fusion_args(inputs, weight, bias)
-    implementation = _dispatch.implementation("gated_fusion", tensors[0].device)
+    tensors = as_list(inputs, "inputs")
+    device = first_device(tensors)
+    implementation = "reference" if device is None else _dispatch.implementation("gated_fusion", device)
     if implementation == "compiled":
+        # The op checks its arguments in C++ with the same messages; checking in Python too would
+        # cost a third of a batch-1 call.
         return torch.ops.mmfast.gated_fusion.default(tensors, weight, bias)
+    tensors, _ = check_gated_fusion_args(tensors, weight, bias)
     if implementation == "triton":
         from mmfast.ops._triton_backend import gated_fusion_triton
 
