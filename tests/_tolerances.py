@@ -41,6 +41,8 @@ def _to_double(value):
         return value.detach().double()
     if isinstance(value, (list, tuple)):
         return type(value)(_to_double(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_double(v) for k, v in value.items()}
     return value
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mmfast.ops.fusion_reference import attention_fusion_reference, gated_fusion_reference
+from mmfast.ops.fusion_reference import gated_fusion_reference
 
 
 def import_fusion_layer(module: str, name: str, fusion: str) -> type[nn.Module]:
@@ -57,23 +57,24 @@ class ReferenceGatedFusion(nn.Module):
 
 class ReferenceAttentionFusion(nn.Module):
     """Plain-PyTorch modality attention (torchmultimodal's ``AttentionFusionModule``) over inputs
-    ``[*, D_m]``: ``w = softmax(score(cat(x)))``, ``out = sum_m w_m * proj_m(x_m)``."""
+    ``[*, D_m]``: ``w = softmax(score(cat(x)))``, ``out = sum_m w_m * proj_m(x_m)``. Parameters are
+    named like ``AttentionFusion``'s (and torchmultimodal's): ``attention.0.*`` and
+    ``encoding_projection.<m>.*``, with modalities named ``"0"``, ``"1"``, ... in order."""
 
     def __init__(self, in_dims: Sequence[int], out_dim: int | None = None) -> None:
         super().__init__()
         self.in_dims = tuple(in_dims)
         self.out_dim = out_dim if out_dim is not None else min(self.in_dims)
-        self.score = nn.Linear(sum(self.in_dims), len(self.in_dims))
-        self.projections = nn.ModuleList(nn.Linear(d, self.out_dim) for d in self.in_dims)
+        self.attention = nn.Sequential(nn.Linear(sum(self.in_dims), len(self.in_dims)), nn.Softmax(dim=-1))
+        self.encoding_projection = nn.ModuleDict(
+            {str(i): nn.Linear(d, self.out_dim) for i, d in enumerate(self.in_dims)}
+        )
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        return attention_fusion_reference(
-            list(inputs),
-            [p.weight for p in self.projections],
-            [p.bias for p in self.projections],
-            self.score.weight,
-            self.score.bias,
-        )
+        xs = list(inputs)
+        weights = self.attention(torch.cat(xs, dim=-1))
+        projected = torch.stack([self.encoding_projection[str(i)](x) for i, x in enumerate(xs)], dim=-2)
+        return (weights.unsqueeze(-1) * projected).sum(dim=-2)
 
 
 class GatedFusionBlock(nn.Module):

@@ -1,5 +1,7 @@
 """Drop-in layers built on mmfast's fused ops."""
 
+from mmfast.nn.attention_fusion import AttentionFusion
 from mmfast.nn.concat_linear import ConcatLinear
+from mmfast.nn.gated_fusion import GatedFusion
 
-__all__ = ["ConcatLinear"]
+__all__ = ["AttentionFusion", "ConcatLinear", "GatedFusion"]

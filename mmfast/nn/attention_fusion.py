@@ -1,0 +1,90 @@
+"""`AttentionFusion`: attention over modalities (torchmultimodal's ``AttentionFusionModule``),
+fused, for inputs with any leading dims."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from mmfast.nn._modality_inputs import ordered_inputs
+from mmfast.ops import attention_fusion
+
+
+class AttentionFusion(nn.Module):
+    """Weighs M modality features ``x_m [*, D_m]`` by attention and sums their projections.
+
+    ``w = softmax(cat(x_1..x_M) @ S.T + s)`` (``[*, M]``), ``out = sum_m w_m * (x_m @ P_m.T + p_m)``
+    (``[*, out_dim]``), with the modalities in sorted name order.
+
+    Its state dict is that of torchmultimodal's ``AttentionFusionModule`` (``attention.0.weight`` /
+    ``.bias`` for the scores, ``encoding_projection.<name>.weight`` / ``.bias`` per modality), so
+    weights trained with one load into the other; the sub-modules hold the parameters, while the
+    fused op does the work (no concatenation, no stack of projections).
+
+    Args:
+        in_dims: the feature size of each modality, as a mapping name -> size, or a sequence (the
+            modalities are then named ``"0"``, ``"1"``, ... in order).
+        out_dim: output size; defaults to the smallest input size, like torchmultimodal.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+
+    Example:
+        >>> fusion = AttentionFusion({"image": 512, "text": 768})
+        >>> out, weights = fusion({"image": i, "text": t}, return_weights=True)
+    """
+
+    def __init__(
+        self,
+        in_dims: Sequence[int] | Mapping[str, int],
+        out_dim: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(in_dims, Mapping):
+            self._named = True
+            dims = {str(name): int(size) for name, size in in_dims.items()}
+        else:
+            self._named = False
+            dims = {str(i): int(size) for i, size in enumerate(in_dims)}
+        if not dims or any(size <= 0 for size in dims.values()):
+            raise ValueError(f"in_dims: expected one or more positive sizes, got {dict(dims)}")
+        self.modalities: tuple[str, ...] = tuple(sorted(dims)) if self._named else tuple(dims)
+        self.in_dims: tuple[int, ...] = tuple(dims[m] for m in self.modalities)
+        self.out_dim = int(out_dim) if out_dim is not None else min(self.in_dims)
+        if self.out_dim <= 0:
+            raise ValueError(f"out_dim: expected a positive size, got {out_dim}")
+        factory = {"device": device, "dtype": dtype}
+        self.attention = nn.Sequential(
+            nn.Linear(sum(self.in_dims), len(self.in_dims), **factory), nn.Softmax(dim=-1)
+        )
+        self.encoding_projection = nn.ModuleDict(
+            {m: nn.Linear(d, self.out_dim, **factory) for m, d in zip(self.modalities, self.in_dims)}
+        )
+
+    def forward(
+        self,
+        inputs: Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
+        return_weights: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Fuses a list of tensors ``[*, D_m]`` in ``in_dims`` order, or a dict of them (sorted by
+        name). Returns ``[*, out_dim]``, and with ``return_weights`` also the weights ``[*, M]``."""
+        tensors = ordered_inputs(inputs, self.modalities if self._named else None)
+        if len(tensors) != len(self.in_dims):
+            raise ValueError(f"inputs: expected {len(self.in_dims)} tensors, got {len(tensors)}")
+        projections = [self.encoding_projection[m] for m in self.modalities]
+        score = self.attention[0]
+        return attention_fusion(
+            tensors,
+            [p.weight for p in projections],
+            [p.bias for p in projections],
+            score.weight,
+            score.bias,
+            return_weights=return_weights,
+        )
+
+    def extra_repr(self) -> str:
+        dims = dict(zip(self.modalities, self.in_dims)) if self._named else list(self.in_dims)
+        return f"in_dims={dims}, out_dim={self.out_dim}"
