@@ -21,6 +21,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "quick: the short benchmark set of `make bench-quick`")
+    config.addinivalue_line("markers", "gpu: the GPU section (`make bench-gpu`), run on a CUDA device")
 
 
 def time_case(

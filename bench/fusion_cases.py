@@ -1,0 +1,88 @@
+"""The gated_fusion and attention_fusion benchmark cases: shapes, and each implementation as a callable.
+
+Implementations: ``mmfast`` (the fused op), ``eager`` (the reference: `torch.cat`, a gate / score
+GEMM, softmax or sigmoid, a Python loop of projections, `torch.stack` and a weighted sum, as
+torchmultimodal and papers write it) and ``compile`` (`torch.compile` of that reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from mmfast.ops import attention_fusion, gated_fusion
+from mmfast.ops.fusion_reference import attention_fusion_reference, gated_fusion_reference
+
+# op -> shape name -> (input dims, output dim or None for gated fusion)
+SHAPES: dict[str, dict[str, tuple[list[int], int | None]]] = {
+    "gated_fusion": {"2x512": ([512, 512], None), "3x256": ([256, 256, 256], None)},
+    "attention_fusion": {"768+512+128->256": ([768, 512, 128], 256), "512+512->512": ([512, 512], 512)},
+}
+BATCHES = (1, 64, 1024)
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+MODES = ("forward", "forward+backward")
+IMPLEMENTATIONS = ("mmfast", "eager", "compile")
+
+FUSED: dict[str, Callable] = {"gated_fusion": gated_fusion, "attention_fusion": attention_fusion}
+REFERENCE: dict[str, Callable] = {
+    "gated_fusion": gated_fusion_reference,
+    "attention_fusion": attention_fusion_reference,
+}
+
+
+@dataclass
+class Problem:
+    args: list
+    leaves: list[torch.Tensor]
+    grad_output: torch.Tensor
+
+
+def make_problem(
+    op: str, shape: str, batch: int, dtype: torch.dtype, requires_grad: bool, device="cpu"
+) -> Problem:
+    dims, out_dim = SHAPES[op][shape]
+    generator = torch.Generator().manual_seed(0)
+
+    def randn(*size: int, scale: float = 1.0) -> torch.Tensor:
+        t = (torch.randn(*size, generator=generator) * scale).to(device=device, dtype=dtype)
+        return t.requires_grad_(requires_grad)
+
+    inputs = [randn(batch, d) for d in dims]
+    total = sum(dims)
+    if op == "gated_fusion":
+        logits = dims[0] if len(dims) == 2 else total
+        args = [inputs, randn(logits, total, scale=total**-0.5), randn(logits)]
+        grad_output = torch.randn(batch, dims[0], generator=generator).to(device=device, dtype=dtype)
+        leaves = [*inputs, args[1], args[2]]
+    else:
+        projections = [randn(out_dim, d, scale=d**-0.5) for d in dims]
+        biases = [randn(out_dim) for _ in dims]
+        args = [inputs, projections, biases, randn(len(dims), total, scale=total**-0.5), randn(len(dims))]
+        grad_output = torch.randn(batch, out_dim, generator=generator).to(device=device, dtype=dtype)
+        leaves = [*inputs, *projections, *biases, args[3], args[4]]
+    return Problem(args, leaves, grad_output)
+
+
+_compiled: dict[tuple, Callable] = {}
+
+
+def _forward(op: str, impl: str, key: tuple) -> Callable:
+    if impl == "mmfast":
+        return FUSED[op]
+    if impl == "eager":
+        return REFERENCE[op]
+    if impl == "compile":
+        if key not in _compiled:
+            _compiled[key] = torch.compile(REFERENCE[op], dynamic=False)
+        return _compiled[key]
+    raise ValueError(f"impl: unknown implementation {impl!r}")
+
+
+def benchmark_callable(op: str, impl: str, mode: str, problem: Problem, key: tuple) -> Callable[[], object]:
+    """The callable timed for (impl, mode): the forward, or forward + gradients of every leaf."""
+    forward = _forward(op, impl, key)
+    if mode == "forward":
+        return lambda: forward(*problem.args)
+    return lambda: torch.autograd.grad(forward(*problem.args), problem.leaves, problem.grad_output)
