@@ -1,0 +1,84 @@
+"""`TrainConfig`: everything that defines a training run, saved in its checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+AUTOCAST_CHOICES = ("none", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """A training run of a multimodal classifier.
+
+    Attributes:
+        dataset: ``"av-digits"`` or ``"synthetic"``.
+        dataset_options: options of the dataset (see :func:`mmfast.data.load_dataset`).
+        fusion: ``"concat"``, ``"gated"``, ``"attention"`` or ``"transformer"``.
+        modalities: the modalities to train on (default: all of the dataset's).
+        reference: train the plain-PyTorch twin of the model instead of the fused one.
+        hidden: encoder output size and fusion width.
+        dropout: dropout before the head (and in the transformer fusion).
+        modality_dropout: train-time probability of dropping each modality of a sample.
+        epochs: maximum number of epochs.
+        batch_size: samples per optimizer step (per process under torchrun).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW's decoupled weight decay.
+        warmup_ratio: fraction of the steps spent warming the learning rate up linearly, before
+            the cosine decay to zero.
+        grad_clip: maximum global gradient norm (0 disables clipping).
+        patience: stop after this many epochs without a better validation accuracy (0 disables).
+        autocast: ``"none"`` or ``"bf16"`` (bfloat16 autocast of the forward, on CPU and CUDA).
+        seed: seeds the parameters, the data order, dropout and the dataset split.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
+    """
+
+    dataset: str = "av-digits"
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    fusion: str = "concat"
+    modalities: list[str] | None = None
+    reference: bool = False
+    hidden: int = 128
+    dropout: float = 0.1
+    modality_dropout: float = 0.0
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    patience: int = 5
+    autocast: str = "none"
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        positive = {"hidden": self.hidden, "epochs": self.epochs, "batch_size": self.batch_size}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio: expected a fraction in [0, 1), got {self.warmup_ratio!r}")
+        if self.grad_clip < 0 or self.patience < 0 or self.weight_decay < 0:
+            raise ValueError("grad_clip, patience and weight_decay must be non-negative")
+        if self.autocast not in AUTOCAST_CHOICES:
+            raise ValueError(
+                f"autocast: expected one of {', '.join(AUTOCAST_CHOICES)}, got {self.autocast!r}"
+            )
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device: expected auto, cpu or cuda, got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config: unknown field(s) {unknown}")
+        return cls(**values)

@@ -1,0 +1,50 @@
+"""Data-parallel training under `torchrun`: the process group (gloo on CPU, nccl on GPU) and which
+process this is."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process's place in the run: a single process has rank 0 of world size 1."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, device_type: str) -> DistributedContext:
+        """Joins the process group that `torchrun` describes in the environment (``WORLD_SIZE``,
+        ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``...), or returns the single-process context."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return cls()
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if not dist.is_initialized():
+            backend = "nccl" if device_type == "cuda" else "gloo"
+            if device_type == "cuda":
+                torch.cuda.set_device(local_rank)
+            dist.init_process_group(backend=backend)
+        return cls(rank=rank, world_size=world_size, local_rank=local_rank)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def shutdown(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()

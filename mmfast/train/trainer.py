@@ -1,0 +1,305 @@
+"""`Trainer`: trains, evaluates and checkpoints a multimodal classifier."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from mmfast.data import collate, dataset_info, load_dataset
+from mmfast.models import build_classifier
+from mmfast.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mmfast.train.config import TrainConfig
+from mmfast.train.distributed import DistributedContext
+from mmfast.train.metrics import METRIC_NAMES, classification_metrics
+from mmfast.train.records import append_jsonl, plot_curves, write_json
+from mmfast.train.schedule import warmup_cosine
+
+# Steps left out of the mean step time: the first ones pay for GEMM tuning and allocations.
+TIMING_WARMUP_STEPS = 5
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    """The classifier the config describes (its parameters drawn from the current RNG state)."""
+    info = dataset_info(config.dataset, **config.dataset_options)
+    return build_classifier(
+        info,
+        fusion=config.fusion,
+        modalities=config.modalities,
+        reference=config.reference,
+        hidden=config.hidden,
+        dropout=config.dropout,
+        modality_dropout=config.modality_dropout,
+    )
+
+
+class Trainer:
+    """Trains a `MultimodalClassifier` as `config` says, writing to `out_dir` (when given):
+    ``last.pt`` / ``best.pt`` checkpoints, ``log.jsonl`` (one record per epoch), ``curves.png`` and,
+    at the end, ``metrics.json`` with the test metrics of the best epoch under ``"test"``.
+
+    AdamW with a warm-up + cosine schedule stepped per optimizer step, cross-entropy, gradient
+    clipping, optional bfloat16 autocast, evaluation on the validation split every epoch, early
+    stopping on validation accuracy. Under `torchrun` each process trains on its shard of every
+    epoch (`DistributedSampler`) and gradients are averaged (`DistributedDataParallel`); the first
+    process writes the files. The data order depends only on the seed and the epoch, and
+    checkpoints carry every RNG state, so a resumed run ends with the same weights as one that was
+    never interrupted.
+    """
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path | None = None, progress: bool = True) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dist = DistributedContext.from_environment(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress and self.dist.is_main
+        seed_everything(config.seed)
+        options = dict(config.dataset_options)
+        self.splits: dict[str, Dataset] = {
+            split: load_dataset(config.dataset, split, seed=config.seed, **options)
+            for split in ("train", "val", "test")
+        }
+        self.model = build_model(config).to(self.device)
+        self._wrapped: nn.Module = self.model
+        if self.dist.enabled:
+            if self.device.type == "cuda":
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self._wrapped = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.steps_per_epoch = math.ceil(len(self._sampler(0)) / config.batch_size)
+        self.scheduler = warmup_cosine(
+            self.optimizer, self.steps_per_epoch * config.epochs, config.warmup_ratio
+        )
+        self.epoch = 0
+        self.best_accuracy = -math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.epochs_without_improvement = 0
+        self.history: list[dict[str, Any]] = []
+        self.step_seconds: list[float] = []
+
+    # -- data ---------------------------------------------------------------------------------
+    def _sampler(self, epoch: int) -> DistributedSampler:
+        # Also for one process: the order is then a function of (seed, epoch) only.
+        sampler = DistributedSampler(
+            self.splits["train"],
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=True,
+            seed=self.config.seed,
+        )
+        sampler.set_epoch(epoch)
+        return sampler
+
+    def _loader(self, split: str, epoch: int = 0) -> DataLoader:
+        if split == "train":
+            return DataLoader(
+                self.splits[split],
+                batch_size=self.config.batch_size,
+                sampler=self._sampler(epoch),
+                collate_fn=collate,
+            )
+        return DataLoader(self.splits[split], batch_size=256, shuffle=False, collate_fn=collate)
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _autocast(self):
+        if self.config.autocast == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    # -- steps --------------------------------------------------------------------------------
+    def train_step(self, batch: dict[str, torch.Tensor]) -> float:
+        """One optimizer step on `batch` (this process's share of it under torchrun); the loss."""
+        self._wrapped.train()
+        batch = self._to_device(batch)
+        labels = batch.pop("label")
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = self._wrapped(batch)
+        loss = F.cross_entropy(logits.float(), labels)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def evaluate(self, split: str = "val") -> dict[str, Any]:
+        """Loss and metrics (see `classification_metrics`) of the current model on `split`."""
+        self.model.eval()
+        losses, labels, probabilities = [], [], []
+        for batch in self._loader(split):
+            batch = self._to_device(batch)
+            target = batch.pop("label")
+            with self._autocast():
+                logits = self.model(batch).float()
+            losses.append(F.cross_entropy(logits, target, reduction="sum").item())
+            labels.append(target.cpu())
+            probabilities.append(torch.softmax(logits, dim=-1).cpu())
+        y = torch.cat(labels).numpy()
+        metrics = classification_metrics(y, torch.cat(probabilities).numpy())
+        metrics["loss"] = sum(losses) / len(y)
+        return metrics
+
+    def train_epoch(self) -> float:
+        """One pass over this process's shard of the training split; the mean training loss."""
+        total, count = 0.0, 0
+        loader = self._loader("train", self.epoch)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+            disable=not self.progress,
+            leave=False,
+        )
+        for batch in bar:
+            size = len(batch["label"])
+            start = time.perf_counter()
+            loss = self.train_step(batch)
+            elapsed = time.perf_counter() - start
+            self.step_seconds.append(elapsed)
+            total += loss * size
+            count += size
+            bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{size * self.dist.world_size / elapsed:.0f}")
+        return total / max(count, 1)
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Mean wall time of a training step, without the first `TIMING_WARMUP_STEPS`."""
+        timed = self.step_seconds[TIMING_WARMUP_STEPS:] or self.step_seconds
+        return float(np.mean(timed)) if timed else math.nan
+
+    # -- the run ------------------------------------------------------------------------------
+    def fit(self, max_epochs: int | None = None) -> dict[str, Any]:
+        """Trains from the current epoch to `config.epochs` (or `max_epochs` more epochs, to stop
+        early as an interruption would), stopping early when validation accuracy stalls. Returns
+        the final metrics (also written to ``metrics.json``) once the run is complete."""
+        stop_at = (
+            self.config.epochs if max_epochs is None else min(self.config.epochs, self.epoch + max_epochs)
+        )
+        stopped_early = False
+        while self.epoch < stop_at and not stopped_early:
+            train_loss = self.train_epoch()
+            val = self.evaluate("val")
+            self.epoch += 1
+            improved = val["accuracy"] > self.best_accuracy
+            if improved:
+                self.best_accuracy = val["accuracy"]
+                self.best_state = copy.deepcopy(self.model.state_dict())
+                self.epochs_without_improvement = 0
+            else:
+                self.epochs_without_improvement += 1
+            record = {
+                "epoch": self.epoch,
+                "train_loss": train_loss,
+                "val_loss": val["loss"],
+                **{f"val_{name}": val[name] for name in METRIC_NAMES},
+                "lr": self.scheduler.get_last_lr()[0],
+                "seconds_per_step": self.seconds_per_step,
+            }
+            self.history.append(record)
+            stopped_early = 0 < self.config.patience <= self.epochs_without_improvement
+            self._write_epoch(record, improved)
+        if self.epoch < self.config.epochs and not stopped_early:
+            return {}
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Test metrics of the best epoch's weights; writes ``metrics.json`` and the plot."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        results = {
+            "test": self.evaluate("test"),
+            "best_val_accuracy": self.best_accuracy,
+            "epochs_trained": self.epoch,
+            "seconds_per_step": self.seconds_per_step,
+            "config": self.config.to_dict(),
+        }
+        if self.out_dir is not None and self.dist.is_main:
+            write_json(self.out_dir / "metrics.json", results)
+        self.dist.barrier()
+        return results
+
+    def _write_epoch(self, record: dict[str, Any], improved: bool) -> None:
+        if self.out_dir is None or not self.dist.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        append_jsonl(self.out_dir / "log.jsonl", record)
+        plot_curves(self.history, self.out_dir / "curves.png")
+        state = self.state_dict()
+        save_checkpoint(self.out_dir / "last.pt", state)
+        if improved:
+            save_checkpoint(self.out_dir / "best.pt", state)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "best_accuracy": self.best_accuracy,
+            "best_state": self.best_state,
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "history": self.history,
+            "step_seconds": self.step_seconds,
+            "rng": rng_state(),
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = state["epoch"]
+        self.best_accuracy = state["best_accuracy"]
+        self.best_state = state["best_state"]
+        self.epochs_without_improvement = state["epochs_without_improvement"]
+        self.history = list(state["history"])
+        self.step_seconds = list(state["step_seconds"])
+        set_rng_state(state["rng"])
+
+    @classmethod
+    def resume(
+        cls, checkpoint: str | Path, out_dir: str | Path | None = None, progress: bool = True
+    ) -> Trainer:
+        """The run saved in `checkpoint` (its config, weights, optimizer, schedule, RNG states),
+        ready to `fit` its remaining epochs; writes to `out_dir` (default: the checkpoint's folder)."""
+        state = load_checkpoint(checkpoint)
+        config = TrainConfig.from_dict(state["config"])
+        trainer = cls(config, out_dir if out_dir is not None else Path(checkpoint).parent, progress)
+        trainer.load_state_dict(state)
+        return trainer
