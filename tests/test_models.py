@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
@@ -13,18 +11,7 @@ from mmfast.models.classifier import FUSIONS
 
 SYNTHETIC = dataset_info("synthetic", num_classes=3)  # audio, image, text: M = 3
 AV_DIGITS = dataset_info("av-digits")  # audio, image: M = 2
-FUSED_LAYERS = {"gated": "mmfast.nn.gated_fusion", "attention": "mmfast.nn.attention_fusion"}
 SMALL = {"hidden": 16, "image_channels": (4, 8), "audio_channels": (8,)}
-
-
-def _fused_layer_available(fusion: str) -> bool:
-    if fusion not in FUSED_LAYERS:
-        return True
-    try:
-        importlib.import_module(FUSED_LAYERS[fusion])
-    except ImportError:
-        return False
-    return True
 
 
 def _batch(info, size: int = 6) -> dict[str, torch.Tensor]:
@@ -54,13 +41,6 @@ def _twins(info, fusion: str, **options):
 @pytest.mark.parametrize("info", [AV_DIGITS, SYNTHETIC], ids=["M2", "M3"])
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_fused_and_reference_twins_share_parameters_and_outputs(fusion: str, info) -> None:
-    if not _fused_layer_available(fusion):
-        # Until issue 3's layers land, asking for them must say exactly what is missing.
-        with pytest.raises(ImportError, match=FUSED_LAYERS[fusion].replace(".", r"\.")):
-            build_classifier(info, fusion=fusion, **SMALL)
-        reference = build_classifier(info, fusion=fusion, reference=True, **SMALL).eval()
-        assert reference(_batch(info)).shape == (6, info.num_classes)
-        return
     fused, reference = _twins(info, fusion)
     assert list(fused.state_dict()) == list(reference.state_dict())
     batch = _batch(info)
@@ -74,7 +54,7 @@ def test_fused_and_reference_twins_share_parameters_and_outputs(fusion: str, inf
     torch.testing.assert_close(fused(batch), other(batch), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("fusion", ["concat", "transformer"])
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_twins_match_gradients_too(fusion: str) -> None:
     fused, reference = _twins(SYNTHETIC, fusion, dropout=0.0)
     batch = _batch(SYNTHETIC)
@@ -87,10 +67,10 @@ def test_twins_match_gradients_too(fusion: str) -> None:
         torch.testing.assert_close(g_fused, g_ref, atol=1e-5, rtol=1e-3, msg=name)
 
 
-@pytest.mark.parametrize("fusion", ["concat", "transformer", "gated", "attention"])
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_every_parameter_gets_a_gradient(fusion: str) -> None:
     torch.manual_seed(0)
-    model = build_classifier(SYNTHETIC, fusion=fusion, reference=not _fused_layer_available(fusion), **SMALL)
+    model = build_classifier(SYNTHETIC, fusion=fusion, **SMALL)
     batch = _batch(SYNTHETIC)
     torch.nn.functional.cross_entropy(model(batch), batch["label"]).backward()
     # No unused parameter (DistributedDataParallel would need find_unused_parameters otherwise).

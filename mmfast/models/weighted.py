@@ -1,80 +1,50 @@
-"""Gated and attention fusion over modality feature vectors.
+"""Gated and attention fusion over modality feature vectors, fused or in plain PyTorch.
 
-The fused layers come from issue 3 (``mmfast.nn.gated_fusion.GatedFusion``,
-``mmfast.nn.attention_fusion.AttentionFusion``); the reference modules here compute the same in
-plain PyTorch (a loop over modalities, ``torch.cat``, ``torch.stack``) with the same parameter
-names, so state dicts move between the two.
+The fused layers are ``mmfast.nn.GatedFusion`` and ``mmfast.nn.AttentionFusion``. Their reference
+twins here are the same modules (same parameters, initialisation, inputs and errors) whose forward
+computes the fusion the way eager models write it (``torch.cat``, a loop over modalities,
+``torch.stack``), so state dicts move between the two and outputs compare one for one.
 """
 
 from __future__ import annotations
 
-import importlib
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from mmfast.nn._modality_inputs import ModalityInputs, check_feature_dims
+from mmfast.nn.attention_fusion import AttentionFusion
+from mmfast.nn.gated_fusion import GatedFusion
 from mmfast.ops.fusion_reference import gated_fusion_reference
 
 
-def import_fusion_layer(module: str, name: str, fusion: str) -> type[nn.Module]:
-    """The layer class ``module.name``, or an ImportError naming what is missing for ``fusion``."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as error:
-        raise ImportError(
-            f"fusion={fusion!r} needs the fused layer {module}.{name} (issue 3: attention fusion "
-            f"layers), which is not available in this build ({error}); use fusion='concat' or "
-            f"'transformer', or reference=True for the plain-PyTorch version"
-        ) from error
+class ReferenceGatedFusion(GatedFusion):
+    """``GatedFusion`` computed in plain PyTorch: a gate GEMM over ``torch.cat`` of the inputs, then
+    a sigmoid blend (M == 2) or a per-feature softmax over ``torch.stack`` of them (M > 2)."""
+
+    def forward(self, inputs: ModalityInputs) -> torch.Tensor:
+        tensors = self._ordered(inputs)
+        check_feature_dims(inputs, tensors, [self.dim] * self.num_modalities)
+        return gated_fusion_reference(tensors, self.weight, self.bias)
 
 
-class ReferenceGatedFusion(nn.Module):
-    """Plain-PyTorch gated fusion of M inputs ``[*, dim]`` (parameters as ``GatedFusion``'s).
+class ReferenceAttentionFusion(AttentionFusion):
+    """``AttentionFusion`` computed as torchmultimodal's ``AttentionFusionModule`` does: the score
+    ``Linear`` + ``Softmax`` (``self.attention``) over ``torch.cat`` of the inputs, each modality's
+    ``Linear`` projection in a loop, ``torch.stack`` and a weighted sum."""
 
-    ``weight``: ``[dim, 2 * dim]`` for M == 2 (sigmoid gate), ``[M * dim, M * dim]`` for M > 2
-    (softmax over modalities per feature); ``bias`` to match.
-    """
-
-    def __init__(self, dim: int, num_modalities: int = 2, bias: bool = True) -> None:
-        super().__init__()
-        if num_modalities < 2:
-            raise ValueError(f"num_modalities: expected >= 2, got {num_modalities}")
-        self.dim = dim
-        self.num_modalities = num_modalities
-        rows = dim if num_modalities == 2 else num_modalities * dim
-        self.weight = nn.Parameter(torch.empty(rows, num_modalities * dim))
-        self.bias = nn.Parameter(torch.empty(rows)) if bias else None
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(num_modalities * dim)
-            nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        return gated_fusion_reference(list(inputs), self.weight, self.bias)
-
-
-class ReferenceAttentionFusion(nn.Module):
-    """Plain-PyTorch modality attention (torchmultimodal's ``AttentionFusionModule``) over inputs
-    ``[*, D_m]``: ``w = softmax(score(cat(x)))``, ``out = sum_m w_m * proj_m(x_m)``. Parameters are
-    named like ``AttentionFusion``'s (and torchmultimodal's): ``attention.0.*`` and
-    ``encoding_projection.<m>.*``, with modalities named ``"0"``, ``"1"``, ... in order."""
-
-    def __init__(self, in_dims: Sequence[int], out_dim: int | None = None) -> None:
-        super().__init__()
-        self.in_dims = tuple(in_dims)
-        self.out_dim = out_dim if out_dim is not None else min(self.in_dims)
-        self.attention = nn.Sequential(nn.Linear(sum(self.in_dims), len(self.in_dims)), nn.Softmax(dim=-1))
-        self.encoding_projection = nn.ModuleDict(
-            {str(i): nn.Linear(d, self.out_dim) for i, d in enumerate(self.in_dims)}
+    def forward(
+        self, inputs: ModalityInputs, return_weights: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        tensors = self._ordered(inputs)
+        check_feature_dims(inputs, tensors, self.in_dims)
+        weights = self.attention(torch.cat(tensors, dim=-1))
+        projected = torch.stack(
+            [self.encoding_projection[m](x) for m, x in zip(self.modalities, tensors)], dim=-2
         )
-
-    def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        xs = list(inputs)
-        weights = self.attention(torch.cat(xs, dim=-1))
-        projected = torch.stack([self.encoding_projection[str(i)](x) for i, x in enumerate(xs)], dim=-2)
-        return (weights.unsqueeze(-1) * projected).sum(dim=-2)
+        out = (weights.unsqueeze(-1) * projected).sum(dim=-2)
+        return (out, weights) if return_weights else out
 
 
 class GatedFusionBlock(nn.Module):
@@ -83,11 +53,8 @@ class GatedFusionBlock(nn.Module):
     def __init__(self, dim: int, num_modalities: int, reference: bool = False) -> None:
         super().__init__()
         self.out_dim = dim
-        if reference:
-            self.gate: nn.Module = ReferenceGatedFusion(dim, num_modalities)
-        else:
-            layer = import_fusion_layer("mmfast.nn.gated_fusion", "GatedFusion", "gated")
-            self.gate = layer(dim, num_modalities=num_modalities)
+        layer = ReferenceGatedFusion if reference else GatedFusion
+        self.gate = layer(dim, num_modalities=num_modalities)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.gate(list(features))
@@ -99,11 +66,8 @@ class AttentionFusionBlock(nn.Module):
     def __init__(self, in_dims: Sequence[int], out_dim: int, reference: bool = False) -> None:
         super().__init__()
         self.out_dim = out_dim
-        if reference:
-            self.attention: nn.Module = ReferenceAttentionFusion(in_dims, out_dim)
-        else:
-            layer = import_fusion_layer("mmfast.nn.attention_fusion", "AttentionFusion", "attention")
-            self.attention = layer(list(in_dims), out_dim=out_dim)
+        layer = ReferenceAttentionFusion if reference else AttentionFusion
+        self.attention = layer(list(in_dims), out_dim=out_dim)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.attention(list(features))

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from mmfast.nn._modality_inputs import ordered_inputs
-from mmfast.ops import attention_fusion
+from mmfast.nn._modality_inputs import ModalityInputs, check_feature_dims, ordered_inputs
+from mmfast.ops.attention_fusion import attention_fusion
 
 
 class AttentionFusion(nn.Module):
@@ -20,12 +20,15 @@ class AttentionFusion(nn.Module):
 
     Its state dict is that of torchmultimodal's ``AttentionFusionModule`` (``attention.0.weight`` /
     ``.bias`` for the scores, ``encoding_projection.<name>.weight`` / ``.bias`` per modality), so
-    weights trained with one load into the other; the sub-modules hold the parameters, while the
-    fused op does the work (no concatenation, no stack of projections).
+    weights trained with one load into the other. The sub-modules only hold the parameters: the
+    fused op does the work (the score GEMM reads the inputs in place, the projections go straight
+    into the weighted sum: no concatenation, no stack of projections).
+    ``mmfast.models.weighted.ReferenceAttentionFusion`` is the same layer computed the
+    torchmultimodal way, with the same state dict.
 
     Args:
         in_dims: the feature size of each modality, as a mapping name -> size, or a sequence (the
-            modalities are then named ``"0"``, ``"1"``, ... in order).
+            modalities are then named ``"0"``, ``"1"``, ... and keep the sequence's order).
         out_dim: output size; defaults to the smallest input size, like torchmultimodal.
         device: device of the parameters.
         dtype: dtype of the parameters.
@@ -65,25 +68,34 @@ class AttentionFusion(nn.Module):
         )
 
     def forward(
-        self,
-        inputs: Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
-        return_weights: bool = False,
+        self, inputs: ModalityInputs, return_weights: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Fuses a list of tensors ``[*, D_m]`` in ``in_dims`` order, or a dict of them (sorted by
-        name). Returns ``[*, out_dim]``, and with ``return_weights`` also the weights ``[*, M]``."""
-        tensors = ordered_inputs(inputs, self.modalities if self._named else None)
-        if len(tensors) != len(self.in_dims):
-            raise ValueError(f"inputs: expected {len(self.in_dims)} tensors, got {len(tensors)}")
+        """Fuses M tensors ``[*, D_m]`` with the same leading dims into ``[*, out_dim]``.
+
+        Args:
+            inputs: a list in the layer's modality order, or a dict name -> tensor (read in sorted
+                name order; with named ``in_dims`` its keys must be exactly those names).
+            return_weights: also return the attention weights ``[*, M]`` (differentiable).
+        """
+        tensors = self._ordered(inputs)
         projections = [self.encoding_projection[m] for m in self.modalities]
         score = self.attention[0]
-        return attention_fusion(
-            tensors,
-            [p.weight for p in projections],
-            [p.bias for p in projections],
-            score.weight,
-            score.bias,
-            return_weights=return_weights,
-        )
+        try:
+            return attention_fusion(
+                tensors,
+                [p.weight for p in projections],
+                [p.bias for p in projections],
+                score.weight,
+                score.bias,
+                return_weights=return_weights,
+            )
+        except (ValueError, RuntimeError):
+            check_feature_dims(inputs, tensors, self.in_dims)
+            raise
+
+    def _ordered(self, inputs: ModalityInputs) -> list[torch.Tensor]:
+        """The M input tensors in the layer's modality order."""
+        return ordered_inputs(inputs, len(self.in_dims), self.modalities if self._named else None)
 
     def extra_repr(self) -> str:
         dims = dict(zip(self.modalities, self.in_dims)) if self._named else list(self.in_dims)

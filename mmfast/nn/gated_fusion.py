@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from mmfast.nn._modality_inputs import ordered_inputs
-from mmfast.ops import gated_fusion
+from mmfast.nn._modality_inputs import ModalityInputs, check_feature_dims, ordered_inputs
+from mmfast.ops.gated_fusion import gated_fusion
 
 
 class GatedFusion(nn.Module):
@@ -21,7 +20,9 @@ class GatedFusion(nn.Module):
       the modalities for each feature, ``out = sum_m a_m * x_m``; ``weight`` is ``[M * dim, M * dim]``.
 
     The gate is an ``nn.Linear`` over the concatenation in all but name (same parameter shapes and
-    initialisation); the op never builds the concatenation.
+    initialisation); the op never builds the concatenation: one GEMM over the inputs in place, then
+    the sigmoid / softmax and the blend in one pass. ``mmfast.models.weighted.ReferenceGatedFusion``
+    is the same layer in plain PyTorch, with the same state dict.
 
     Args:
         dim: feature size of every input and of the output.
@@ -66,12 +67,19 @@ class GatedFusion(nn.Module):
             bound = 1 / math.sqrt(self.weight.shape[1])
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, inputs: Sequence[torch.Tensor] | Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Fuses a list of M tensors ``[*, dim]`` (or a dict of them, in sorted key order)."""
-        tensors = ordered_inputs(inputs)
-        if len(tensors) != self.num_modalities:
-            raise ValueError(f"inputs: expected {self.num_modalities} tensors, got {len(tensors)}")
-        return gated_fusion(tensors, self.weight, self.bias)
+    def forward(self, inputs: ModalityInputs) -> torch.Tensor:
+        """Fuses a list of M tensors ``[*, dim]`` with the same leading dims (or a dict of them, in
+        sorted key order) into ``[*, dim]``."""
+        tensors = self._ordered(inputs)
+        try:
+            return gated_fusion(tensors, self.weight, self.bias)
+        except (ValueError, RuntimeError):
+            check_feature_dims(inputs, tensors, [self.dim] * self.num_modalities)
+            raise
+
+    def _ordered(self, inputs: ModalityInputs) -> list[torch.Tensor]:
+        """The M input tensors in fusion order (a dict in sorted key order)."""
+        return ordered_inputs(inputs, self.num_modalities)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_modalities={self.num_modalities}, bias={self.bias is not None}"
