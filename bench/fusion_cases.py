@@ -7,13 +7,17 @@ torchmultimodal and papers write it) and ``compile`` (`torch.compile` of that re
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import pytest
 import torch
 
-from mmfast.ops import attention_fusion, gated_fusion
+from bench.conftest import time_case
+from mmfast.ops.attention_fusion import attention_fusion
 from mmfast.ops.fusion_reference import attention_fusion_reference, gated_fusion_reference
+from mmfast.ops.gated_fusion import gated_fusion
 
 # op -> shape name -> (input dims, output dim or None for gated fusion)
 SHAPES: dict[str, dict[str, tuple[list[int], int | None]]] = {
@@ -24,6 +28,8 @@ BATCHES = (1, 64, 1024)
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MODES = ("forward", "forward+backward")
 IMPLEMENTATIONS = ("mmfast", "eager", "compile")
+# The shape of each op in `make bench-quick`.
+QUICK_SHAPES = {"gated_fusion": "3x256", "attention_fusion": "768+512+128->256"}
 
 FUSED: dict[str, Callable] = {"gated_fusion": gated_fusion, "attention_fusion": attention_fusion}
 REFERENCE: dict[str, Callable] = {
@@ -86,3 +92,44 @@ def benchmark_callable(op: str, impl: str, mode: str, problem: Problem, key: tup
     if mode == "forward":
         return lambda: forward(*problem.args)
     return lambda: torch.autograd.grad(forward(*problem.args), problem.leaves, problem.grad_output)
+
+
+def _is_quick(op: str, shape: str, batch: int, dtype: str, mode: str) -> bool:
+    if shape != QUICK_SHAPES[op] or batch not in (1, 1024):
+        return False
+    return mode == "forward" or (dtype == "float32" and batch == 1024)
+
+
+def cases(op: str, device: str) -> Iterator:
+    """pytest params (shape, batch, dtype, mode, impl) of `op` on `device`: CUDA cases are marked
+    ``gpu``, a few CPU ones ``quick``."""
+    for shape, batch, dtype, mode, impl in itertools.product(
+        SHAPES[op], BATCHES, DTYPES, MODES, IMPLEMENTATIONS
+    ):
+        if device == "cuda":
+            marks = [pytest.mark.gpu]
+        else:
+            marks = [pytest.mark.quick] if _is_quick(op, shape, batch, dtype, mode) else []
+        yield pytest.param(
+            shape, batch, dtype, mode, impl, marks=marks, id=f"{mode}-{dtype}-{shape}-b{batch}-{impl}"
+        )
+
+
+def run_case(
+    benchmark, device: str, op: str, shape: str, batch: int, dtype: str, mode: str, impl: str
+) -> None:
+    """Times one case (the forward under ``torch.no_grad``, as in the concat_linear benchmark); on
+    CUDA each call ends with a synchronisation so that the kernels' time is what is measured."""
+    problem = make_problem(op, shape, batch, DTYPES[dtype], requires_grad=mode != "forward", device=device)
+    fn = benchmark_callable(op, impl, mode, problem, key=(device, op, shape, batch, dtype, mode))
+    if device == "cuda":
+        unsynchronised = fn
+
+        def fn():
+            result = unsynchronised()
+            torch.cuda.synchronize()
+            return result
+
+    label = shape if device == "cpu" else f"{shape} (cuda)"
+    with torch.no_grad() if mode == "forward" else torch.enable_grad():
+        time_case(benchmark, fn, op=op, impl=impl, mode=mode, dtype=dtype, shape=label, batch=batch)
