@@ -215,8 +215,14 @@ def test_attention_fusion_bad_inputs():
         layer(a)
     with pytest.raises(ValueError, match="in_dims: expected one or more positive sizes"):
         AttentionFusion([])
-    with pytest.raises(ValueError, match="in_dims: expected one or more positive sizes"):
+    with pytest.raises(ValueError, match=r"in_dims: expected one or more positive sizes, got \{'audio': 0\}"):
         AttentionFusion({"audio": 0})
+    with pytest.raises(ValueError, match="in_dims: the op fuses at most 16 modalities, got 17"):
+        AttentionFusion([4] * 17)
+    with pytest.raises(
+        TypeError, match="in_dims: expected a sequence of sizes or a dict name -> size, got int"
+    ):
+        AttentionFusion(4)
     with pytest.raises(ValueError, match="out_dim: expected a positive size, got 0"):
         AttentionFusion([3, 4], out_dim=0)
 
@@ -280,8 +286,10 @@ def test_gated_fusion_bad_inputs():
     # Every input of the wrong size: the layer names the input, not the op's weight argument.
     with pytest.raises(ValueError, match=r"inputs\['a'\]: expected a tensor \[\*, 6\], got shape \[2, 4\]"):
         layer({k: torch.randn(2, 4) for k in "abc"})
-    with pytest.raises(ValueError, match="num_modalities: expected at least 2, got 1"):
+    with pytest.raises(ValueError, match=r"num_modalities: expected 2 to 16 \(the op's limit\), got 1"):
         GatedFusion(6, num_modalities=1)
+    with pytest.raises(ValueError, match="num_modalities: expected 2 to 16"):
+        GatedFusion(6, num_modalities=17)
     with pytest.raises(ValueError, match="dim: expected a positive size, got 0"):
         GatedFusion(0)
     with pytest.raises(ValueError, match=r"inputs\[2\]: expected a tensor \[\*, 6\]"):

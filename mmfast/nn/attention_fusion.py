@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from mmfast.nn._modality_inputs import ModalityInputs, check_feature_dims, ordered_inputs
+from mmfast.ops._validation import MAX_FUSION_INPUTS
 from mmfast.ops.attention_fusion import attention_fusion
 
 
@@ -46,14 +47,21 @@ class AttentionFusion(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(in_dims, (Mapping, Sequence)) or isinstance(in_dims, str):
+            raise TypeError(
+                f"in_dims: expected a sequence of sizes or a dict name -> size, got {type(in_dims).__name__}"
+            )
         if isinstance(in_dims, Mapping):
             self._named = True
             dims = {str(name): int(size) for name, size in in_dims.items()}
         else:
             self._named = False
             dims = {str(i): int(size) for i, size in enumerate(in_dims)}
+        shown = dict(in_dims) if self._named else list(in_dims)
         if not dims or any(size <= 0 for size in dims.values()):
-            raise ValueError(f"in_dims: expected one or more positive sizes, got {dict(dims)}")
+            raise ValueError(f"in_dims: expected one or more positive sizes, got {shown}")
+        if len(dims) > MAX_FUSION_INPUTS:
+            raise ValueError(f"in_dims: the op fuses at most {MAX_FUSION_INPUTS} modalities, got {len(dims)}")
         self.modalities: tuple[str, ...] = tuple(sorted(dims)) if self._named else tuple(dims)
         self.in_dims: tuple[int, ...] = tuple(dims[m] for m in self.modalities)
         self.out_dim = int(out_dim) if out_dim is not None else min(self.in_dims)

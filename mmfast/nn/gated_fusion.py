@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mmfast.nn._modality_inputs import ModalityInputs, check_feature_dims, ordered_inputs
+from mmfast.ops._validation import MAX_FUSION_INPUTS
 from mmfast.ops.gated_fusion import gated_fusion
 
 
@@ -47,8 +48,10 @@ class GatedFusion(nn.Module):
         super().__init__()
         if dim <= 0:
             raise ValueError(f"dim: expected a positive size, got {dim}")
-        if num_modalities < 2:
-            raise ValueError(f"num_modalities: expected at least 2, got {num_modalities}")
+        if not 2 <= num_modalities <= MAX_FUSION_INPUTS:
+            raise ValueError(
+                f"num_modalities: expected 2 to {MAX_FUSION_INPUTS} (the op's limit), got {num_modalities}"
+            )
         self.dim = int(dim)
         self.num_modalities = int(num_modalities)
         logits = dim if num_modalities == 2 else num_modalities * dim
