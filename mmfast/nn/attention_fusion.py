@@ -21,7 +21,8 @@ class AttentionFusion(nn.Module):
 
     Its state dict is that of torchmultimodal's ``AttentionFusionModule`` (``attention.0.weight`` /
     ``.bias`` for the scores, ``encoding_projection.<name>.weight`` / ``.bias`` per modality), so
-    weights trained with one load into the other. The sub-modules only hold the parameters: the
+    weights trained with one load into the other. The sub-modules only hold the parameters (their
+    ``forward`` and hooks are never called; replacing them by wrappers changes nothing): the
     fused op does the work (the score GEMM reads the inputs in place, the projections go straight
     into the weighted sum: no concatenation, no stack of projections).
     ``mmfast.models.weighted.ReferenceAttentionFusion`` is the same layer computed the
@@ -86,8 +87,10 @@ class AttentionFusion(nn.Module):
             return_weights: also return the attention weights ``[*, M]`` (differentiable).
         """
         tensors = self._ordered(inputs)
-        projections = [self.encoding_projection[m] for m in self.modalities]
-        score = self.attention[0]
+        # The ModuleDict holds the projections in modality order. Iterating the containers costs far
+        # less than indexing them (a microsecond per index), which shows at batch 1.
+        projections = list(self.encoding_projection.values())
+        score = next(iter(self.attention))
         try:
             return attention_fusion(
                 tensors,
