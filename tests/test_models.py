@@ -105,7 +105,7 @@ def test_missing_modality_transformer_leaves_its_tokens_out() -> None:
     assert image_only.shape == (6, 3) and torch.isfinite(image_only).all()
 
 
-@pytest.mark.parametrize("fusion", ["concat", "transformer"])
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_modality_dropout_acts_in_training_only(fusion: str) -> None:
     torch.manual_seed(0)
     plain = build_classifier(AV_DIGITS, fusion=fusion, dropout=0.0, **SMALL)
@@ -163,7 +163,7 @@ def test_builder_and_classifier_errors() -> None:
         model({"label": torch.zeros(2, dtype=torch.int64)})
 
 
-@pytest.mark.parametrize("fusion", ["concat", "transformer"])
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_bfloat16_autocast_runs_and_stays_close_to_the_reference(fusion: str) -> None:
     fused, reference = _twins(SYNTHETIC, fusion)
     batch = _batch(SYNTHETIC)
