@@ -95,10 +95,11 @@ def _compare(fused: nn.Module, call_fused, reference: nn.Module, call_reference,
     values, run in `dtype` and in float64 (for the bfloat16 distance check): every output and the
     gradients of every input and parameter."""
     names = [n for n, _ in fused.named_parameters()]
+    with torch.no_grad():
+        shapes = [o.shape for o in call_fused(fused, inputs)]
     generator = torch.Generator().manual_seed(7)
-    got = call_fused(fused, (fresh := _fresh(inputs)))
-    seeds = [torch.randn(o.shape, generator=generator) for o in got]
-    got, got_grads = _outputs_and_grads(fused, call_fused, fresh, names, seeds)
+    seeds = [torch.randn(shape, generator=generator) for shape in shapes]
+    got, got_grads = _outputs_and_grads(fused, call_fused, _fresh(inputs), names, seeds)
     plain_module = copy.deepcopy(reference).to(dtype)
     plain, plain_grads = _outputs_and_grads(plain_module, call_reference, _fresh(inputs), names, seeds)
     exact_module = copy.deepcopy(reference).double()
