@@ -42,7 +42,11 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
             warnings.simplefilter("ignore", UndefinedMetricWarning)
             # Rows renormalised: float32 softmax rows may sum to 1 only within rounding.
             scores = probabilities / probabilities.sum(axis=1, keepdims=True)
-            roc_auc = float(roc_auc_score(labels, scores, multi_class="ovr", labels=classes))
+            if len(classes) == 2:
+                # scikit-learn takes the positive class's score for two classes, not an OvR matrix.
+                roc_auc = float(roc_auc_score(labels, scores[:, 1]))
+            else:
+                roc_auc = float(roc_auc_score(labels, scores, multi_class="ovr", labels=classes))
     except ValueError:
         roc_auc = math.nan
     return {

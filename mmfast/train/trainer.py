@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,24 +24,11 @@ from mmfast.train.config import TrainConfig
 from mmfast.train.distributed import DistributedContext
 from mmfast.train.metrics import METRIC_NAMES, classification_metrics
 from mmfast.train.records import append_jsonl, plot_curves, write_json
+from mmfast.train.runtime import resolve_device, seed_everything
 from mmfast.train.schedule import warmup_cosine
 
 # Steps left out of the mean step time: the first ones pay for GEMM tuning and allocations.
 TIMING_WARMUP_STEPS = 5
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: cuda requested but no CUDA device is available")
-    return torch.device(name)
 
 
 def build_model(config: TrainConfig) -> nn.Module:
@@ -82,6 +68,9 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress and self.dist.is_main
         seed_everything(config.seed)
+        # The train loader draws its per-epoch base seed from its own generator, saved in checkpoints,
+        # so evaluation and user code touching the global RNG cannot shift the training data stream.
+        self.loader_generator = torch.Generator().manual_seed(config.seed)
         options = dict(config.dataset_options)
         self.splits: dict[str, Dataset] = {
             split: load_dataset(config.dataset, split, seed=config.seed, **options)
@@ -129,6 +118,7 @@ class Trainer:
                 batch_size=self.config.batch_size,
                 sampler=self._sampler(epoch),
                 collate_fn=collate,
+                generator=self.loader_generator,
             )
         return DataLoader(self.splits[split], batch_size=256, shuffle=False, collate_fn=collate)
 
@@ -277,6 +267,7 @@ class Trainer:
             "history": self.history,
             "step_seconds": self.step_seconds,
             "rng": rng_state(),
+            "loader_rng": self.loader_generator.get_state(),
             "config": self.config.to_dict(),
         }
 
@@ -291,6 +282,7 @@ class Trainer:
         self.history = list(state["history"])
         self.step_seconds = list(state["step_seconds"])
         set_rng_state(state["rng"])
+        self.loader_generator.set_state(state["loader_rng"])
 
     @classmethod
     def resume(
