@@ -41,6 +41,14 @@ class DistributedContext:
             dist.init_process_group(backend=backend)
         return cls(rank=rank, world_size=world_size, local_rank=local_rank)
 
+    def global_mean(self, total: float, count: int) -> float:
+        """``sum(total) / sum(count)`` over the processes (e.g. a loss summed over each shard)."""
+        if self.enabled:
+            sums = torch.tensor([total, float(count)], dtype=torch.float64)
+            dist.all_reduce(sums)
+            total, count = float(sums[0]), int(sums[1])
+        return total / max(count, 1)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

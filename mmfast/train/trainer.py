@@ -166,7 +166,8 @@ class Trainer:
         return metrics
 
     def train_epoch(self) -> float:
-        """One pass over this process's shard of the training split; the mean training loss."""
+        """One pass over this process's shard of the training split; the mean training loss over
+        all processes' samples."""
         total, count = 0.0, 0
         loader = self._loader("train", self.epoch)
         bar = tqdm(
@@ -184,7 +185,7 @@ class Trainer:
             total += loss * size
             count += size
             bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{size * self.dist.world_size / elapsed:.0f}")
-        return total / max(count, 1)
+        return self.dist.global_mean(total, count)
 
     @property
     def seconds_per_step(self) -> float:

@@ -1,0 +1,48 @@
+"""Data-parallel training: 2 CPU processes (gloo) under torch.distributed.run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from mmfast.train.checkpoint import load_checkpoint
+from mmfast.train.trainer import Trainer
+from tests._train_configs import ddp_config
+
+REPO = Path(__file__).resolve().parents[1]
+PER_PROCESS_BATCH = 16
+
+
+def test_two_processes_stay_identical_and_match_one_process_on_the_global_batch(tmp_path) -> None:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+        str(REPO / "tests" / "_ddp_worker.py"), str(tmp_path), str(PER_PROCESS_BATCH),
+    ]  # fmt: skip
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+
+    single = Trainer(ddp_config(batch_size=2 * PER_PROCESS_BATCH), tmp_path / "single", progress=False)
+    single.fit()
+    for name, value in single.model.state_dict().items():
+        torch.testing.assert_close(rank0[name], value, atol=1e-5, rtol=1e-5, msg=name)
+    # The last epoch's weights too (rank 0 writes the checkpoints), and they moved from the start.
+    ddp_last = load_checkpoint(tmp_path / "ddp" / "last.pt")["model"]
+    single_last = load_checkpoint(tmp_path / "single" / "last.pt")["model"]
+    for name, value in single_last.items():
+        torch.testing.assert_close(ddp_last[name], value, atol=1e-5, rtol=1e-5, msg=name)
+    torch.manual_seed(0)
+    initial = Trainer(ddp_config(), progress=False).model.state_dict()
+    assert any(not torch.allclose(initial[k], single_last[k], atol=1e-4) for k in initial)
+    # The logged training loss is the mean over both processes' samples.
+    ddp_history = load_checkpoint(tmp_path / "ddp" / "last.pt")["history"]
+    for ddp_record, record in zip(ddp_history, single.history):
+        assert abs(ddp_record["train_loss"] - record["train_loss"]) < 1e-5
