@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from mmfast.train.checkpoint import load_checkpoint
+from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
+from mmfast.train.evaluation import evaluate_checkpoint
 from mmfast.train.metrics import METRIC_NAMES
 from mmfast.train.records import read_jsonl
 from mmfast.train.trainer import Trainer
@@ -103,6 +104,16 @@ def test_run_writes_metrics_log_plot_and_checkpoints(tmp_path) -> None:
     # The schedule went through warm-up and ended its cosine at zero.
     assert checkpoint["scheduler"]["last_epoch"] == 2 * trainer.steps_per_epoch
     assert trainer.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+    # The best checkpoint holds the weights the test metrics were computed with.
+    again = evaluate_checkpoint(tmp_path / "best.pt", "test")
+    assert again["accuracy"] == metrics["test"]["accuracy"]
+    assert again["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-6)
+
+
+def test_evaluate_checkpoint_refuses_a_file_that_is_not_a_training_checkpoint(tmp_path) -> None:
+    save_checkpoint(tmp_path / "weights.pt", {"weights": torch.ones(2)})
+    with pytest.raises(ValueError, match="not a training checkpoint"):
+        evaluate_checkpoint(tmp_path / "weights.pt")
 
 
 def test_seconds_per_step_leaves_out_the_warm_up_steps() -> None:

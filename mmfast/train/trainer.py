@@ -17,32 +17,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from mmfast.data import collate, dataset_info, load_dataset
-from mmfast.models import build_classifier
+from mmfast.data import collate, load_dataset
+from mmfast.train.build import build_model
 from mmfast.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mmfast.train.config import TrainConfig
 from mmfast.train.distributed import DistributedContext
-from mmfast.train.metrics import METRIC_NAMES, classification_metrics
+from mmfast.train.evaluation import evaluate_model
+from mmfast.train.metrics import METRIC_NAMES
 from mmfast.train.records import append_jsonl, plot_curves, write_json
 from mmfast.train.runtime import resolve_device, seed_everything
 from mmfast.train.schedule import warmup_cosine
 
 # Steps left out of the mean step time: the first ones pay for GEMM tuning and allocations.
 TIMING_WARMUP_STEPS = 5
-
-
-def build_model(config: TrainConfig) -> nn.Module:
-    """The classifier the config describes (its parameters drawn from the current RNG state)."""
-    info = dataset_info(config.dataset, **config.dataset_options)
-    return build_classifier(
-        info,
-        fusion=config.fusion,
-        modalities=config.modalities,
-        reference=config.reference,
-        hidden=config.hidden,
-        dropout=config.dropout,
-        modality_dropout=config.modality_dropout,
-    )
 
 
 class Trainer:
@@ -111,16 +98,14 @@ class Trainer:
         sampler.set_epoch(epoch)
         return sampler
 
-    def _loader(self, split: str, epoch: int = 0) -> DataLoader:
-        if split == "train":
-            return DataLoader(
-                self.splits[split],
-                batch_size=self.config.batch_size,
-                sampler=self._sampler(epoch),
-                collate_fn=collate,
-                generator=self.loader_generator,
-            )
-        return DataLoader(self.splits[split], batch_size=256, shuffle=False, collate_fn=collate)
+    def _train_loader(self, epoch: int) -> DataLoader:
+        return DataLoader(
+            self.splits["train"],
+            batch_size=self.config.batch_size,
+            sampler=self._sampler(epoch),
+            collate_fn=collate,
+            generator=self.loader_generator,
+        )
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -147,29 +132,15 @@ class Trainer:
         self.scheduler.step()
         return loss.item()
 
-    @torch.no_grad()
     def evaluate(self, split: str = "val") -> dict[str, Any]:
         """Loss and metrics (see `classification_metrics`) of the current model on `split`."""
-        self.model.eval()
-        losses, labels, probabilities = [], [], []
-        for batch in self._loader(split):
-            batch = self._to_device(batch)
-            target = batch.pop("label")
-            with self._autocast():
-                logits = self.model(batch).float()
-            losses.append(F.cross_entropy(logits, target, reduction="sum").item())
-            labels.append(target.cpu())
-            probabilities.append(torch.softmax(logits, dim=-1).cpu())
-        y = torch.cat(labels).numpy()
-        metrics = classification_metrics(y, torch.cat(probabilities).numpy())
-        metrics["loss"] = sum(losses) / len(y)
-        return metrics
+        return evaluate_model(self.model, self.splits[split], self.device, self._autocast)
 
     def train_epoch(self) -> float:
         """One pass over this process's shard of the training split; the mean training loss over
         all processes' samples."""
         total, count = 0.0, 0
-        loader = self._loader("train", self.epoch)
+        loader = self._train_loader(self.epoch)
         bar = tqdm(
             loader,
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
