@@ -1,0 +1,64 @@
+"""``mmfast info``: versions, build, and which implementation each op uses."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+from importlib import resources
+from typing import Any
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def collect_info() -> dict[str, Any]:
+    """Versions, the extension's build configuration and load state, and ``backend_info()``."""
+    import torch
+
+    import mmfast
+    from mmfast import _backend
+
+    build_file = resources.files("mmfast") / "_build_config.json"
+    build = json.loads(build_file.read_text()) if build_file.is_file() else {}
+    return {
+        "versions": {
+            "mmfast": mmfast.__version__,
+            "torch": torch.__version__,
+            "triton": _version("triton"),
+            "python": platform.python_version(),
+        },
+        "build": {
+            **build,
+            "extension_loaded": _backend.extension_loaded(),
+            "extension_error": _backend.load_error(),
+            "requested_backend": _backend.requested_backend(),
+            "cuda_available": torch.cuda.is_available(),
+        },
+        "backends": mmfast.backend_info(),
+    }
+
+
+def run_info(as_json: bool = False) -> int:
+    info = collect_info()
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print("versions:")
+    for name, version in info["versions"].items():
+        print(f"  {name:<8} {version}")
+    print("build:")
+    for name, value in info["build"].items():
+        print(f"  {name:<18} {value}")
+    backends = info["backends"]
+    width = max(len(op) for op in backends)
+    print("backends (mmfast.backend_info()):")
+    print(f"  {'op':<{width}}  device  implementation")
+    for op, row in backends.items():
+        for device, implementation in row.items():
+            print(f"  {op:<{width}}  {device:<6}  {implementation}")
+    return 0

@@ -1,0 +1,103 @@
+"""``mmfast train`` and ``mmfast evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from mmfast.train.config import TrainConfig
+from mmfast.train.evaluation import evaluate_checkpoint
+from mmfast.train.metrics import METRIC_NAMES
+from mmfast.train.trainer import Trainer
+
+# CLI flag (argparse dest) -> dataset option name.
+DATASET_OPTIONS = (
+    "image_size",
+    "corrupt_images",
+    "corruption_strength",
+    "corrupt_audio",
+    "audio_corruption_strength",
+    "num_samples",
+    "num_classes",
+    "difficulty",
+    "n_mels",
+)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The training config of ``mmfast train``'s arguments (dataset options only when given)."""
+    options = {name: getattr(args, name) for name in DATASET_OPTIONS if getattr(args, name) is not None}
+    return TrainConfig(
+        dataset=args.dataset,
+        dataset_options=options,
+        fusion=args.fusion,
+        modalities=args.modalities,
+        reference=args.reference,
+        hidden=args.hidden,
+        dropout=args.dropout,
+        modality_dropout=args.modality_dropout,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        grad_clip=args.grad_clip,
+        patience=args.patience,
+        autocast=args.autocast,
+        seed=args.seed,
+        device=args.device,
+    )
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """The scalar metrics, one per line, aligned."""
+    names = [*METRIC_NAMES, "loss"]
+    lines = []
+    for name in names:
+        value = metrics.get(name)
+        if isinstance(value, float):
+            lines.append(f"  {name:<16} {'n/a' if math.isnan(value) else f'{value:.4f}'}")
+    return "\n".join(lines)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.resume:
+        checkpoint = out / "last.pt"
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}; train into --out {out} first")
+        trainer = Trainer.resume(checkpoint, out, progress=args.progress)
+    else:
+        trainer = Trainer(config_from_args(args), out, progress=args.progress)
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.dist.shutdown()
+    if not trainer.dist.is_main:
+        return 0
+    if args.json:
+        print(json.dumps({k: v for k, v in result["test"].items() if k != "confusion_matrix"}, indent=2))
+    else:
+        config = trainer.config
+        print(
+            f"{config.dataset} {config.fusion}{' (reference)' if config.reference else ''}, "
+            f"{result['epochs_trained']} epochs, best val accuracy {result['best_val_accuracy']:.4f}, "
+            f"{result['seconds_per_step'] * 1e3:.1f} ms per step"
+        )
+        print("test metrics:")
+        print(format_metrics(result["test"]))
+        print(f"wrote {out / 'metrics.json'}, log.jsonl, curves.png, last.pt, best.pt")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    metrics = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"{args.checkpoint} (epoch {metrics['epoch']}), {args.split} split:")
+        print(format_metrics(metrics))
+    return 0

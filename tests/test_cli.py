@@ -1,0 +1,117 @@
+"""The mmfast command line: help, one-line argument errors, train / evaluate / info / bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmfast.cli import main
+from mmfast.train.metrics import METRIC_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_TRAIN = [
+    "train", "--dataset", "synthetic", "--num-samples", "120", "--num-classes", "3", "--image-size", "8",
+    "--n-mels", "8", "--hidden", "16", "--batch-size", "16", "--epochs", "1", "--no-progress",
+]  # fmt: skip
+
+
+def _mmfast(*args: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "mmfast", *args], capture_output=True, text=True, env=environment, timeout=120
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["demo"], ["bench"], ["info"]])
+def test_help_everywhere(command, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: mmfast" in capsys.readouterr().out
+
+
+def test_python_dash_m_mmfast_help() -> None:
+    completed = _mmfast("--help")
+    assert completed.returncode == 0
+    assert all(command in completed.stdout for command in ("train", "evaluate", "demo", "bench", "info"))
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "--epochs", "0"], "--epochs"),
+        (["train", "--fusion", "sum"], "--fusion"),
+        # Valid for argparse, refused by the dataset: the library's ValueError, on one line.
+        (["train", "--dataset", "av-digits", "--difficulty", "0.3"], "difficulty"),
+        (["frobnicate"], "COMMAND"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_code_2(args, expected) -> None:
+    completed = _mmfast(*args)
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1, completed.stderr
+    assert lines[0].startswith("mmfast") and "error:" in lines[0] and expected in lines[0]
+    assert "Traceback" not in completed.stderr + completed.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "--modalities", "smell", "--dataset", "synthetic", "--num-samples", "30"], "modalities"),
+        (["train", "--lr", "-1"], "lr"),
+        (["evaluate", "missing.pt"], "no file"),
+    ],
+)
+def test_library_errors_are_one_line_with_exit_code_2(args, expected, capsys, tmp_path) -> None:
+    assert main([*args, *(["--out", str(tmp_path)] if args[0] == "train" else [])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mmfast {args[0]}: error:") and expected in err[0]
+
+
+def test_resume_without_a_checkpoint_is_an_error(capsys, tmp_path) -> None:
+    assert main(["train", "--resume", "--out", str(tmp_path / "empty")]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_train_writes_metrics_and_evaluate_reads_the_checkpoint(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    completed = _mmfast(*TINY_TRAIN, "--out", str(out))
+    assert completed.returncode == 0, completed.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(METRIC_NAMES) <= set(metrics["test"])
+    assert all(isinstance(metrics["test"][name], float) for name in METRIC_NAMES)
+    assert {"last.pt", "best.pt", "log.jsonl", "curves.png"} <= {p.name for p in out.iterdir()}
+    assert "accuracy" in completed.stdout
+
+    assert main(["evaluate", str(out / "best.pt"), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["accuracy"] == metrics["test"]["accuracy"]
+
+
+def test_info_lists_versions_build_and_backends(capsys) -> None:
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert {"mmfast", "torch", "triton"} <= set(info["versions"])
+    assert "extension_loaded" in info["build"]
+    assert {"cpu", "cuda"} <= set(info["backends"]["concat_linear"])
+    assert main(["info"]) == 0
+    assert "concat_linear" in capsys.readouterr().out
+
+
+def test_bench_outside_a_source_checkout_is_a_one_line_error(monkeypatch, capsys) -> None:
+    monkeypatch.setattr("mmfast.cli.bench.find_bench_dir", lambda: None)
+    assert main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "source checkout" in err[0]
+
+
+def test_bench_finds_the_source_tree_benchmarks() -> None:
+    from mmfast.cli.bench import find_bench_dir
+
+    assert find_bench_dir() == REPO / "bench"
