@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -36,7 +37,10 @@ struct TuneKeyHash {
 
 // Shapes seen by a long-running process are few; the bound only guards against pathological use.
 constexpr size_t kMaxTunedShapes = 4096;
-constexpr int kTimedRuns = 3;
+constexpr int kTimedRounds = 5;
+// A candidate other than the plain ATen path must beat it by this factor to be chosen: timings on
+// a shared machine are noisy, and a wrong pick costs more than a near-tie gains.
+constexpr double kRequiredGain = 0.9;
 
 std::mutex tune_mutex;
 // Key -> name of the chosen candidate (names are string literals with static storage).
@@ -64,17 +68,10 @@ bool verbose() {
 
 bool is_onednn(const GemmCandidate& candidate) { return std::string(candidate.name) == "onednn"; }
 
-// Best of kTimedRuns after one warm-up run (which also builds oneDNN's primitive).
-double time_candidate(const std::function<at::Tensor()>& candidate) {
+double time_once(const std::function<at::Tensor()>& candidate) {
+  const auto start = std::chrono::steady_clock::now();
   candidate();
-  double best = 0.0;
-  for (int i = 0; i < kTimedRuns; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    candidate();
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    best = (i == 0 || seconds < best) ? seconds : best;
-  }
-  return best;
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 const char* onednn_attr(Activation act) {
@@ -141,23 +138,34 @@ at::Tensor run_fastest(const TuneKey& key, const std::vector<GemmCandidate>& can
       }
     }
   }
-  size_t best = 0;
-  double best_seconds = 0.0;
+  // One warm-up run each (it also builds oneDNN's primitive), then rounds that time every
+  // candidate in turn, so that a change of machine load affects them all alike; best time each.
+  std::vector<double> best_times(candidates.size(), -1.0);
   for (size_t i = 0; i < candidates.size(); ++i) {
     if (is_onednn(candidates[i]) && !onednn_ok) {
       continue;
     }
     try {
-      const double seconds = time_candidate(candidates[i].run);
-      if (i == 0 || seconds < best_seconds) {
-        best = i;
-        best_seconds = seconds;
-      }
+      candidates[i].run();
+      best_times[i] = std::numeric_limits<double>::infinity();
     } catch (const c10::Error&) {
       // This engine cannot run the shape or dtype on this CPU; candidate 0 always can.
       if (i == 0) {
         throw;
       }
+    }
+  }
+  for (int round = 0; round < kTimedRounds; ++round) {
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      if (best_times[i] >= 0) {
+        best_times[i] = std::min(best_times[i], time_once(candidates[i].run));
+      }
+    }
+  }
+  size_t best = 0;
+  for (size_t i = 1; i < candidates.size(); ++i) {
+    if (best_times[i] >= 0 && best_times[i] < kRequiredGain * best_times[0] && best_times[i] < best_times[best]) {
+      best = i;
     }
   }
   if (verbose()) {
