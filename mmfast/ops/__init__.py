@@ -3,6 +3,7 @@
 import importlib.util
 
 from mmfast import _backend
+from mmfast.ops import _dispatch
 from mmfast.ops.activations import ACTIVATIONS, apply_activation
 from mmfast.ops.attention_fusion import attention_fusion, attention_fusion_reference
 from mmfast.ops.concat_linear import concat_linear, concat_linear_reference
@@ -14,6 +15,8 @@ if _backend.extension_loaded() and importlib.util.find_spec("triton") is not Non
     from mmfast.ops import _triton_cuda
 
     _triton_cuda.register()
+
+_dispatch.record_kernels(("concat_linear", "gated_fusion", "attention_fusion"))
 
 __all__ = [
     "ACTIVATIONS",

@@ -32,6 +32,14 @@ def has_compiled_kernel(op: str, device_type: str) -> bool:
     return known
 
 
+def record_kernels(ops: tuple[str, ...]) -> None:
+    """Asks the dispatcher once, at import, about every op and device type, so that calls (and
+    torch.compile's tracing of them) only read the answers."""
+    for op in ops:
+        for device_type in ("cpu", "cuda"):
+            has_compiled_kernel(op, device_type)
+
+
 def implementation(op: str, device: torch.device) -> str:
     """``"triton"``, ``"compiled"`` or ``"reference"`` for a call of ``op`` on ``device``; warns once
     per op and device type when the compiled extension is loaded but has no kernel there."""
