@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_SPEC := torch==2.13.0
 
-.PHONY: install build test demo bench bench-quick lint clean
+.PHONY: install build test demo bench bench-quick bench-gpu lint clean wheel cmake
 
 $(VENV)/.torch-installed:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,10 @@ test: install
 
 BENCH := $(PY) -m pytest bench -q -p no:cacheprovider --benchmark-columns=median,iqr,rounds --benchmark-sort=name
 
-demo: bench-quick
+# The main job: trains the AV-digits classifiers (fusions, single-modality baselines, corrupted
+# variants) and times the fused model against its plain-PyTorch twin.
+demo: install
+	$(PY) -m mmfast demo --out runs/demo
 
 bench: install
 	$(BENCH)
@@ -43,5 +46,16 @@ bench-quick: install
 lint: install
 	$(PY) -m ruff check mmfast tests bench setup.py
 
+# A binary wheel in dist/: the compiled extension (without debug info), the Triton kernels, and
+# `torch==<the version built against>` in its metadata. On a machine with CUDA PyTorch,
+# `FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0" make wheel` builds the CUDA wheel. It shares the
+# object files of `make build` (same flags), so after it only the link runs.
+WHEEL_DIR ?= dist
+wheel: install
+	mkdir -p $(WHEEL_DIR)
+	rm -f $(WHEEL_DIR)/mmfast-*.whl
+	flock .build.lock $(PIP) wheel --quiet --no-build-isolation --no-deps --wheel-dir $(WHEEL_DIR) .
+	@ls -l $(WHEEL_DIR)/mmfast-*.whl
+
 clean:
-	rm -rf build *.egg-info mmfast/_C*.so
+	rm -rf build build-cmake dist *.egg-info mmfast/_C*.so mmfast/_build_config.json
