@@ -48,7 +48,13 @@ def _load_extension() -> None:
     if _REQUESTED == "reference":
         _load_error = f"{_BACKEND_ENV}=reference"
         return
-    if _cpu_lacks_avx2():
+    from mmfast._version_check import torch_mismatch
+
+    mismatch = torch_mismatch()
+    if mismatch is not None:
+        # Importing the extension would fail with an undefined-symbol error, or worse.
+        _load_error = mismatch
+    elif _cpu_lacks_avx2():
         # The extension is compiled for x86-64-v3 (AVX2); running it here would be an illegal
         # instruction, not an exception.
         _load_error = "this CPU lacks AVX2, which the compiled extension needs"
