@@ -43,6 +43,17 @@ bench: install
 bench-quick: install
 	$(BENCH) -m quick
 
+# The GPU section (marker gpu): the CUDA and Triton kernels against eager and torch.compile.
+bench-gpu: install
+	@if $(PY) -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then \
+		$(BENCH) -m gpu; \
+	else \
+		echo "make bench-gpu needs a CUDA GPU and a CUDA build of PyTorch; this machine has" \
+			"torch $$($(PY) -c 'import torch; print(torch.__version__, "(CUDA", torch.version.cuda, end=")")')" \
+			"and no usable CUDA device. On a GPU machine with the CUDA PyTorch of this release," \
+			"TORCH_CUDA_ARCH_LIST=\"8.0;9.0\" make bench-gpu builds the CUDA extension and runs it. Skipped."; \
+	fi
+
 lint: install
 	$(PY) -m ruff check mmfast tests bench setup.py
 
@@ -56,6 +67,18 @@ wheel: install
 	rm -f $(WHEEL_DIR)/mmfast-*.whl
 	flock .build.lock $(PIP) wheel --quiet --no-build-isolation --no-deps --wheel-dir $(WHEEL_DIR) .
 	@ls -l $(WHEEL_DIR)/mmfast-*.whl
+
+# The CMake build of the same CPU library (build-cmake/libmmfast_ops.so), then a load check in a
+# fresh Python with torch.ops.load_library. cmake comes from PyPI when the system has none.
+CMAKE_BUILD_DIR ?= build-cmake
+CMAKE ?= $(shell command -v cmake 2>/dev/null || echo $(VENV)/bin/cmake)
+cmake: $(VENV)/.torch-installed
+	test -x "$(CMAKE)" || $(PIP) install --quiet "cmake>=3.18"
+	$(CMAKE) -S . -B $(CMAKE_BUILD_DIR) $(if $(shell command -v ninja 2>/dev/null),-G Ninja) \
+		-DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+		-DPython3_EXECUTABLE="$(abspath $(PY))"
+	$(CMAKE) --build $(CMAKE_BUILD_DIR) --parallel 2
+	$(PY) .ci/check_cmake_library.py $(CMAKE_BUILD_DIR)/libmmfast_ops.so
 
 clean:
 	rm -rf build build-cmake dist *.egg-info mmfast/_C*.so mmfast/_build_config.json

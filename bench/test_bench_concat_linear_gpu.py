@@ -1,0 +1,75 @@
+"""The GPU section of the concat_linear benchmark (marker ``gpu``, `make bench-gpu`): the CUDA kernel
+against eager PyTorch (`cat` + cuBLAS `F.linear` + activation), torch.compile of it and bare
+`F.linear` on an already concatenated input, in float32, float16 and bfloat16. Skips without a CUDA
+device; the CPU section is bench/test_bench_concat_linear.py."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from bench.concat_linear_cases import BATCHES, MODES, SHAPES, Problem, benchmark_callable, make_problem
+from bench.conftest import time_case
+
+GPU_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+# "limit" is oneDNN's CPU GEMM: on the GPU the bare cuBLAS GEMM (linear_on_cat) is the reference point.
+GPU_IMPLEMENTATIONS = ("mmfast", "eager", "compile", "linear_on_cat")
+
+
+def _on_cuda(problem: Problem) -> Problem:
+    def move(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to("cuda").requires_grad_(t.requires_grad)
+
+    return Problem(
+        inputs=[move(x) for x in problem.inputs],
+        weight=move(problem.weight),
+        bias=move(problem.bias),
+        concatenated=move(problem.concatenated),
+        grad_output=problem.grad_output.to("cuda"),
+    )
+
+
+def _cases():
+    for shape, batch, dtype, mode, impl in itertools.product(
+        SHAPES, BATCHES, GPU_DTYPES, MODES, GPU_IMPLEMENTATIONS
+    ):
+        yield pytest.param(
+            shape,
+            batch,
+            dtype,
+            mode,
+            impl,
+            marks=[pytest.mark.gpu],
+            id=f"{mode}-{dtype}-{shape}-b{batch}-{impl}",
+        )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU section needs a CUDA device")
+@pytest.mark.parametrize(("shape", "batch", "dtype", "mode", "impl"), list(_cases()))
+def test_concat_linear_cuda(benchmark, shape, batch, dtype, mode, impl):
+    problem = _on_cuda(make_problem(shape, batch, GPU_DTYPES[dtype], requires_grad=mode != "forward"))
+    unsynchronised = benchmark_callable(impl, mode, problem, key=("cuda", shape, batch, dtype, mode))
+
+    def fn():
+        # Kernels launch asynchronously: each timed call waits for its own work.
+        result = unsynchronised()
+        torch.cuda.synchronize()
+        return result
+
+    with torch.no_grad() if mode == "forward" else torch.enable_grad():
+        time_case(
+            benchmark,
+            fn,
+            op="concat_linear",
+            impl=impl,
+            mode=mode,
+            dtype=dtype,
+            shape=f"{shape} (cuda)",
+            batch=batch,
+        )
