@@ -84,7 +84,9 @@ def markdown_tables(rows: list[dict[str, str]]) -> str:
         by_op[row["op"]].append(row)
     out = []
     for op, op_rows in by_op.items():
-        baselines = [k for k in op_rows[0] if k.startswith("speedup_vs_")]
+        present = [k for k in op_rows[0] if k.startswith("speedup_vs_") and any(r.get(k) for r in op_rows)]
+        preferred = ["speedup_vs_eager", "speedup_vs_compile"]
+        baselines = [k for k in preferred if k in present] + [k for k in present if k not in preferred]
         header = ["mode", "dtype", "shape", "batch", "mmfast ms"] + [
             b.replace("speedup_", "x ") for b in baselines
         ]
@@ -100,26 +102,46 @@ def markdown_tables(rows: list[dict[str, str]]) -> str:
 
 
 def plot(rows: list[dict[str, str]], path: Path) -> None:
+    """One panel per (op, shape): speed-up against eager and torch.compile for each mode, dtype and
+    batch, with the break-even line at 1."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['op']}\n{r['mode']} {r['dtype']}\n{r['shape']} b{r['batch']}" for r in rows]
+    panels: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        panels[(row["op"], row["shape"])].append(row)
     series = [("speedup_vs_eager", "vs eager"), ("speedup_vs_compile", "vs torch.compile")]
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(rows)), 5))
+    columns = min(3, len(panels))
+    lines = -(-len(panels) // columns)
+    widest = max(len(panel_rows) for panel_rows in panels.values())
+    fig, axes = plt.subplots(
+        lines, columns, figsize=(max(4.0, 0.55 * widest) * columns, 4.2 * lines), squeeze=False
+    )
     width = 0.4
-    for index, (key, name) in enumerate(series):
-        values = [float(r[key]) if r.get(key) else 0.0 for r in rows]
-        ax.bar([i + (index - 0.5) * width for i in range(len(rows))], values, width, label=name)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(labels, fontsize=6, rotation=90)
-    ax.set_ylabel("speed-up (baseline time / mmfast time)")
-    ax.set_title("mmfast speed-ups")
-    ax.legend()
+    for ax, ((op, shape), panel_rows) in zip(axes.flat, sorted(panels.items())):
+        for index, (key, name) in enumerate(series):
+            values = [float(r[key]) if r.get(key) else 0.0 for r in panel_rows]
+            ax.bar([i + (index - 0.5) * width for i in range(len(panel_rows))], values, width, label=name)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(panel_rows)))
+        ax.set_xticklabels(
+            [
+                f"{r['mode'].replace('forward+backward', 'fwd+bwd')}\n{r['dtype']} b{r['batch']}"
+                for r in panel_rows
+            ],
+            fontsize=6,
+            rotation=90,
+        )
+        ax.set_title(f"{op}  {shape}", fontsize=9)
+        ax.set_ylabel("speed-up (baseline / mmfast)", fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle("mmfast speed-ups per shape (above 1: mmfast is faster)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

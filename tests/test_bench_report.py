@@ -1,0 +1,46 @@
+"""bench.report turns the benchmark's ratio rows into bench/RESULTS.md and the speed-up chart (here
+from rows written by hand, so that nothing is timed)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from bench.report import read_rows, write_report
+
+FIELDS = ["op", "mode", "dtype", "shape", "batch", "mmfast_ms", "speedup_vs_compile", "speedup_vs_eager"]
+ROWS = [
+    ["concat_linear", "forward", "float32", "768+512+128->512", "1024", "7.5", "1.31", "2.05"],
+    ["concat_linear", "forward+backward", "float32", "768+512+128->512", "1024", "23.2", "1.10", "1.45"],
+    ["concat_linear", "forward", "bfloat16", "1024+1024->1024", "1", "0.06", "2.29", "1.14"],
+    ["gated_fusion", "forward", "float32", "3x256", "64", "0.4", "", "1.60"],
+    ["gated_fusion", "forward", "float32", "3x256", "1024", "3.1", "1.20", "1.35"],
+]
+
+
+def _write_csv(path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(FIELDS)
+        writer.writerows(ROWS)
+
+
+def test_report_has_machine_versions_command_and_a_table_per_op(tmp_path: Path):
+    _write_csv(tmp_path / "ratios.csv")
+    path = write_report(read_rows(tmp_path / "ratios.csv"), tmp_path, quick=True)
+    text = path.read_text(encoding="utf-8")
+    assert path == tmp_path / "RESULTS.md"
+    assert f"torch {torch.__version__}" in text and "mmfast " in text and "Python " in text
+    assert "CPU cores" in text and "Date: " in text
+    assert "`python -m bench.report --quick`" in text
+    assert "same command on a GPU machine" in text
+    assert "### concat_linear" in text and "### gated_fusion" in text
+    # Eager first, then torch.compile; a missing ratio shows as "-".
+    assert "| mode | dtype | shape | batch | mmfast ms | x vs_eager | x vs_compile |" in text
+    assert "| forward | float32 | 768+512+128->512 | 1024 | 7.500 | 2.05 | 1.31 |" in text
+    assert "| forward | float32 | 3x256 | 64 | 0.400 | 1.60 | - |" in text
+    chart = tmp_path / "speedup.png"
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![speed-ups](speedup.png)" in text
