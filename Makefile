@@ -65,7 +65,8 @@ WHEEL_DIR ?= dist
 wheel: install
 	mkdir -p $(WHEEL_DIR)
 	rm -f $(WHEEL_DIR)/mmfast-*.whl
-	flock .build.lock $(PIP) wheel --quiet --no-build-isolation --no-deps --wheel-dir $(WHEEL_DIR) .
+	# build/lib keeps files deleted from the sources; only the objects in build/temp are reused.
+	flock .build.lock sh -c 'rm -rf build/lib.* && $(PIP) wheel --quiet --no-build-isolation --no-deps --wheel-dir $(WHEEL_DIR) .'
 	@ls -l $(WHEEL_DIR)/mmfast-*.whl
 
 # The CMake build of the same CPU library (build-cmake/libmmfast_ops.so), then a load check in a

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import math
 import os
 import platform
 import subprocess
@@ -20,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
+RATIO_TICKS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100, 200, 500)
 
 
 def machine_description() -> str:
@@ -108,6 +110,7 @@ def plot(rows: list[dict[str, str]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
     for row in rows:
@@ -122,9 +125,27 @@ def plot(rows: list[dict[str, str]], path: Path) -> None:
     width = 0.4
     for ax, ((op, shape), panel_rows) in zip(axes.flat, sorted(panels.items())):
         for index, (key, name) in enumerate(series):
-            values = [float(r[key]) if r.get(key) else 0.0 for r in panel_rows]
-            ax.bar([i + (index - 0.5) * width for i in range(len(panel_rows))], values, width, label=name)
+            values = [float(r[key]) if r.get(key) else math.nan for r in panel_rows]
+            # Bars start at break-even: up for faster, down for slower.
+            ax.bar(
+                [i + (index - 0.5) * width for i in range(len(panel_rows))],
+                [v - 1.0 for v in values],
+                width,
+                bottom=1.0,
+                label=name,
+            )
         ax.axhline(1.0, color="black", linewidth=0.8)
+        # Ratios: a log scale shows 0.5x and 2x equally far from break-even, and one outlier
+        # (torch.compile's slow batch-1 path) does not flatten the rest.
+        ax.set_yscale("log")
+        known = [float(r[key]) for r in panel_rows for key, _ in series if r.get(key)] or [1.0]
+        low, high = min(min(known), 0.9) / 1.1, max(max(known), 1.1) * 1.1
+        ax.set_ylim(low, high)
+        ax.yaxis.set_major_locator(
+            matplotlib.ticker.FixedLocator([t for t in RATIO_TICKS if low <= t <= high])
+        )
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(range(len(panel_rows)))
         ax.set_xticklabels(
             [

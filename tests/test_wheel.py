@@ -46,6 +46,9 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     with open(REPO / ".build.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the lock `make build` takes: builds share ./build
+        # build/lib keeps files deleted from the sources; only the objects in build/temp are reused.
+        for stale in (REPO / "build").glob("lib.*"):
+            shutil.rmtree(stale)
         _run(
             [
                 sys.executable,
