@@ -3,7 +3,10 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <string>
+
+#include "activation_names.h"
 
 namespace mmfast {
 
@@ -69,6 +72,29 @@ ConcatLinearShape check_concat_linear_args(at::TensorList inputs, const at::Tens
   }
   shape.output_sizes = segments.leading_sizes;
   shape.output_sizes.push_back(shape.out_features);
+  return shape;
+}
+
+ConcatLinearBackwardShape check_concat_linear_backward_args(const at::Tensor& grad_output, at::TensorList inputs,
+                                                            const at::Tensor& weight, const at::Tensor& saved,
+                                                            c10::string_view activation, bool weight_grad) {
+  const Activation act = parse_activation(activation);
+  TORCH_CHECK_VALUE(weight.dim() == 2, "weight: expected a 2-D tensor, got ", weight.sizes());
+  ConcatLinearBackwardShape shape;
+  shape.out_features = weight.size(0);
+  shape.in_features = weight.size(1);
+  TORCH_CHECK_VALUE(grad_output.dim() >= 1 && grad_output.size(-1) == shape.out_features,
+                    "grad_output: expected shape [*, ", shape.out_features, "], got ", grad_output.sizes());
+  if (weight_grad) {
+    check_concat_linear_args(inputs, weight, std::nullopt);
+  }
+  const bool needs_saved = saved_for_backward(act) != SavedForBackward::kNothing;
+  TORCH_CHECK_VALUE(!needs_saved || saved.sizes() == grad_output.sizes(), "saved: expected shape ",
+                    grad_output.sizes(), " for activation '", std::string(activation),
+                    "' (was the forward run with save_for_backward=False?), got ", saved.sizes());
+  shape.input_sizes.assign(grad_output.sizes().begin(), grad_output.sizes().end());
+  shape.input_sizes.back() = shape.in_features;
+  shape.rows = shape.out_features == 0 ? 0 : grad_output.numel() / shape.out_features;
   return shape;
 }
 

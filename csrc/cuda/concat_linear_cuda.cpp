@@ -86,24 +86,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> concat_linear_backward_cuda(
     const at::Tensor& grad_output, at::TensorList inputs, const at::Tensor& weight, const at::Tensor& saved,
     c10::string_view activation, std::array<bool, 3> output_mask) {
   const Activation act = parse_activation(activation);
-  TORCH_CHECK_VALUE(weight.dim() == 2, "weight: expected a 2-D tensor, got ", weight.sizes());
-  const int64_t out_features = weight.size(0);
-  const int64_t in_features = weight.size(1);
-  TORCH_CHECK_VALUE(grad_output.dim() >= 1 && grad_output.size(-1) == out_features,
-                    "grad_output: expected shape [*, ", out_features, "], got ", grad_output.sizes());
-  if (output_mask[1]) {
-    check_concat_linear_args(inputs, weight, std::nullopt);
-  }
-  const bool needs_saved = mmfast::saved_for_backward(act) != SavedForBackward::kNothing;
-  TORCH_CHECK_VALUE(!needs_saved || saved.sizes() == grad_output.sizes(), "saved: expected shape ",
-                    grad_output.sizes(), " for activation '", std::string(activation),
-                    "' (was the forward run with save_for_backward=False?), got ", saved.sizes());
+  const ConcatLinearBackwardShape shape =
+      check_concat_linear_backward_args(grad_output, inputs, weight, saved, activation, output_mask[1]);
+  const int64_t rows = shape.rows, in_features = shape.in_features, out_features = shape.out_features;
+  const std::vector<int64_t>& input_sizes = shape.input_sizes;
   const mmfast_dtype dtype = kernel_dtype(grad_output.scalar_type());
   const c10::DeviceGuard device_guard(grad_output.device());
   const auto options = grad_output.options();
-  std::vector<int64_t> input_sizes(grad_output.sizes().begin(), grad_output.sizes().end());
-  input_sizes.back() = in_features;
-  const int64_t rows = out_features == 0 ? 0 : grad_output.numel() / out_features;
 
   const at::Tensor grad2d = grad_output.reshape({rows, out_features}).contiguous();
   at::Tensor grad_bias = output_mask[2] ? at::empty({out_features}, options) : at::empty({0}, options);
