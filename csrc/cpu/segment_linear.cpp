@@ -86,6 +86,10 @@ at::Tensor segments_grad_weight(GemmSite site, const at::Tensor& grad_pre, at::T
                }
                return grad_weight;
              }},
+            // At small sizes one GEMM over the gathered inputs beats one per segment: each GEMM
+            // call has a fixed cost of several microseconds.
+            {"aten_gathered",
+             [&] { return at::mm(grad_pre.t(), gather_segments(inputs, rows, in_features)); }},
             {"onednn", [&] {
                const at::Tensor x = gather_segments(inputs, rows, in_features);
                return onednn_linear(grad_pre.t(), x.t(), std::nullopt, Activation::kNone);
