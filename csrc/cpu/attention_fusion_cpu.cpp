@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cpu/compute_type.h"
+#include "cpu/segment_gemv.h"
 #include "cpu/segment_linear.h"
 #include "cpu/segments.h"
 #include "fusion_checks.h"
@@ -142,8 +143,8 @@ void softmax_and_scale(const at::Tensor& scores, const std::vector<at::Tensor>& 
 }
 
 // sum_m scaled[:, segment m] @ P_m.T (+ weights @ stack(p_m)), on the fastest way for the shape:
-// one GEMM per segment accumulating, or one GEMM over the concatenated projection weights (ATen
-// or oneDNN).
+// one GEMM per segment accumulating, one GEMM over the concatenated projection weights (ATen or
+// oneDNN), or for a few rows one pass over the weights (segment_gemv).
 at::Tensor project(const at::Tensor& scaled, const at::Tensor& weights, at::TensorList proj_weights,
                    at::TensorList proj_biases, const AttentionFusionShape& shape) {
   const bool has_bias = !proj_biases.empty();
@@ -170,6 +171,9 @@ at::Tensor project(const at::Tensor& scaled, const at::Tensor& weights, at::Tens
          }
          return add_bias(out);
        }}};
+  if (shape.rows <= kMaxSegmentGemvRows) {
+    candidates.push_back({"segment_gemv", [&] { return segment_gemv(scaled, proj_weights, weights, proj_biases); }});
+  }
   if (shape.count > 1) {
     candidates.push_back({"aten_cat_weights", [&] { return add_bias(at::mm(scaled, at::cat(proj_weights, 1).t())); }});
     candidates.push_back({"onednn", [&] {

@@ -1,0 +1,121 @@
+#include "cpu/segment_gemv.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/compute_type.h"
+#include "fusion_checks.h"
+
+namespace mmfast::cpu {
+namespace {
+
+using at::vec::Vectorized;
+
+// Values per block converted to compute_t on the stack (reduced-precision inputs only).
+constexpr int64_t kBlock = 256;
+// Multiply-adds per parallel task: below this, waking the second thread costs more than it saves.
+constexpr int64_t kTaskWork = 32768;
+
+// a[0:n] . b[0:n] with four independent accumulators, so that the loop is not bound by the
+// latency of one chain of fused multiply-adds.
+template <typename acc_t>
+acc_t dot(const acc_t* a, const acc_t* b, int64_t n) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t width = Vec::size();
+  Vec s0(0), s1(0), s2(0), s3(0);
+  int64_t i = 0;
+  for (; i + 4 * width <= n; i += 4 * width) {
+    s0 = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), s0);
+    s1 = at::vec::fmadd(Vec::loadu(a + i + width), Vec::loadu(b + i + width), s1);
+    s2 = at::vec::fmadd(Vec::loadu(a + i + 2 * width), Vec::loadu(b + i + 2 * width), s2);
+    s3 = at::vec::fmadd(Vec::loadu(a + i + 3 * width), Vec::loadu(b + i + 3 * width), s3);
+  }
+  for (; i < n; i += width) {
+    const int64_t count = std::min<int64_t>(width, n - i);
+    // loadu with a count fills the rest of the register with zeros.
+    s0 = at::vec::fmadd(Vec::loadu(a + i, count), Vec::loadu(b + i, count), s0);
+  }
+  return at::vec::vec_reduce_all<acc_t>([](Vec& u, Vec& v) { return u + v; }, (s0 + s1) + (s2 + s3));
+}
+
+// x_row[0:n] . w_row[0:n] in compute_t, converting reduced-precision values block by block.
+template <typename scalar_t>
+compute_t<scalar_t> segment_dot(const scalar_t* x_row, const scalar_t* w_row, int64_t n) {
+  using acc_t = compute_t<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return dot<acc_t>(x_row, w_row, n);
+  } else {
+    alignas(64) acc_t x_buf[kBlock];
+    alignas(64) acc_t w_buf[kBlock];
+    acc_t total = 0;
+    for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
+      const int64_t len = std::min(kBlock, n - j0);
+      total += dot<acc_t>(as_compute(x_row + j0, x_buf, len), as_compute(w_row + j0, w_buf, len), len);
+    }
+    return total;
+  }
+}
+
+}  // namespace
+
+at::Tensor segment_gemv(const at::Tensor& x, at::TensorList weights, const at::Tensor& coef,
+                        at::TensorList biases) {
+  const int64_t rows = x.size(0);
+  const int64_t in_features = x.size(1);
+  const auto count = static_cast<int64_t>(weights.size());
+  const int64_t out_features = weights[0].size(0);
+  TORCH_INTERNAL_ASSERT(rows <= kMaxSegmentGemvRows && count <= kMaxFusionInputs);
+  TORCH_INTERNAL_ASSERT(x.stride(1) == 1 || in_features <= 1);
+  TORCH_INTERNAL_ASSERT(biases.empty() || (static_cast<int64_t>(biases.size()) == count && coef.is_contiguous()));
+  std::vector<at::Tensor> w(weights.begin(), weights.end());
+  std::vector<at::Tensor> b(biases.begin(), biases.end());
+  for (auto& t : w) {
+    t = t.contiguous();
+  }
+  for (auto& t : b) {
+    t = t.contiguous();
+  }
+  at::Tensor out = at::empty({rows, out_features}, x.options());
+  const int64_t grain = std::max<int64_t>(1, kTaskWork / std::max<int64_t>(rows * in_features, 1));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "mmfast_segment_gemv", [&] {
+    using acc_t = compute_t<scalar_t>;
+    const scalar_t* w_data[kMaxFusionInputs];
+    const scalar_t* b_data[kMaxFusionInputs];
+    int64_t widths[kMaxFusionInputs];
+    for (int64_t m = 0; m < count; ++m) {
+      w_data[m] = w[m].const_data_ptr<scalar_t>();
+      widths[m] = w[m].size(1);
+      b_data[m] = b.empty() ? nullptr : b[m].const_data_ptr<scalar_t>();
+    }
+    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+    const int64_t x_stride = x.stride(0);
+    const scalar_t* coef_data = b.empty() ? nullptr : coef.const_data_ptr<scalar_t>();
+    scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, out_features, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        for (int64_t r = 0; r < rows; ++r) {
+          acc_t total = 0;
+          int64_t offset = 0;
+          for (int64_t m = 0; m < count; ++m) {
+            total += segment_dot<scalar_t>(x_data + r * x_stride + offset, w_data[m] + n * widths[m], widths[m]);
+            offset += widths[m];
+            if (coef_data != nullptr) {
+              total += static_cast<acc_t>(coef_data[r * count + m]) * static_cast<acc_t>(b_data[m][n]);
+            }
+          }
+          out_data[r * out_features + n] = static_cast<scalar_t>(total);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace mmfast::cpu
