@@ -180,6 +180,25 @@ def test_attention_fusion_sequence_in_dims():
     torch.testing.assert_close(weights, ref_weights)
 
 
+def test_attention_fusion_from_sizes_reads_dict_keys_in_its_own_order():
+    """A layer built from 12 sizes names its modalities "0".."11": a dict with those keys is read in
+    that order, not as sorted strings ("10" before "2"), and the layer's error names the right key."""
+    torch.manual_seed(0)
+    sizes = [3 + i for i in range(12)]
+    layer = AttentionFusion(sizes, out_dim=4)
+    twin = ReferenceAttentionFusion(sizes, out_dim=4)
+    twin.load_state_dict(layer.state_dict())
+    xs = [torch.randn(2, d) for d in sizes]
+    as_dict = {str(i): x for i, x in reversed(list(enumerate(xs)))}
+    torch.testing.assert_close(layer(as_dict), layer(xs))
+    torch.testing.assert_close(twin(as_dict), layer(xs))
+    as_dict["10"] = torch.randn(2, 5)
+    message = r"inputs\['10'\]: expected a tensor \[\*, 13\], got shape \[2, 5\]"
+    for module in (layer, twin):
+        with pytest.raises(ValueError, match=message):
+            module(as_dict)
+
+
 def test_attention_fusion_reference_twin_round_trip():
     torch.manual_seed(0)
     layer, twin = AttentionFusion(DIMS, out_dim=5), ReferenceAttentionFusion(DIMS, out_dim=5)

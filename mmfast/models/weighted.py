@@ -38,7 +38,7 @@ class ReferenceAttentionFusion(AttentionFusion):
         self, inputs: ModalityInputs, return_weights: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         tensors = self._ordered(inputs)
-        check_feature_dims(inputs, tensors, self.in_dims)
+        check_feature_dims(inputs, tensors, self.in_dims, self.modalities)
         weights = self.attention(torch.cat(tensors, dim=-1))
         projected = torch.stack(
             [self.encoding_projection[m](x) for m, x in zip(self.modalities, tensors)], dim=-2

@@ -82,8 +82,10 @@ class AttentionFusion(nn.Module):
         """Fuses M tensors ``[*, D_m]`` with the same leading dims into ``[*, out_dim]``.
 
         Args:
-            inputs: a list in the layer's modality order, or a dict name -> tensor (read in sorted
-                name order; with named ``in_dims`` its keys must be exactly those names).
+            inputs: a list in the layer's modality order, or a dict name -> tensor (with named
+                ``in_dims`` its keys must be exactly those names, read in sorted order; a layer
+                built from a list reads the keys ``"0"``, ``"1"``, ... in its own order, and
+                other keys in sorted order).
             return_weights: also return the attention weights ``[*, M]`` (differentiable).
         """
         tensors = self._ordered(inputs)
@@ -101,12 +103,12 @@ class AttentionFusion(nn.Module):
                 return_weights=return_weights,
             )
         except (ValueError, RuntimeError):
-            check_feature_dims(inputs, tensors, self.in_dims)
+            check_feature_dims(inputs, tensors, self.in_dims, self.modalities)
             raise
 
     def _ordered(self, inputs: ModalityInputs) -> list[torch.Tensor]:
         """The M input tensors in the layer's modality order."""
-        return ordered_inputs(inputs, len(self.in_dims), self.modalities if self._named else None)
+        return ordered_inputs(inputs, len(self.in_dims), self.modalities, names_required=self._named)
 
     def extra_repr(self) -> str:
         dims = dict(zip(self.modalities, self.in_dims)) if self._named else list(self.in_dims)
