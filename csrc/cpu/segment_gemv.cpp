@@ -45,19 +45,19 @@ acc_t dot(const acc_t* a, const acc_t* b, int64_t n) {
   return at::vec::vec_reduce_all<acc_t>([](Vec& u, Vec& v) { return u + v; }, (s0 + s1) + (s2 + s3));
 }
 
-// x_row[0:n] . w_row[0:n] in compute_t, converting reduced-precision values block by block.
+// x_row[0:n] . w_row[0:n] in compute_t (x already in compute_t), converting reduced-precision
+// weights block by block.
 template <typename scalar_t>
-compute_t<scalar_t> segment_dot(const scalar_t* x_row, const scalar_t* w_row, int64_t n) {
+compute_t<scalar_t> segment_dot(const compute_t<scalar_t>* x_row, const scalar_t* w_row, int64_t n) {
   using acc_t = compute_t<scalar_t>;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     return dot<acc_t>(x_row, w_row, n);
   } else {
-    alignas(64) acc_t x_buf[kBlock];
     alignas(64) acc_t w_buf[kBlock];
     acc_t total = 0;
     for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
       const int64_t len = std::min(kBlock, n - j0);
-      total += dot<acc_t>(as_compute(x_row + j0, x_buf, len), as_compute(w_row + j0, w_buf, len), len);
+      total += dot<acc_t>(x_row + j0, as_compute(w_row + j0, w_buf, len), len);
     }
     return total;
   }
@@ -94,8 +94,10 @@ at::Tensor segment_gemv(const at::Tensor& x, at::TensorList weights, const at::T
       widths[m] = w[m].size(1);
       b_data[m] = b.empty() ? nullptr : b[m].const_data_ptr<scalar_t>();
     }
-    const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-    const int64_t x_stride = x.stride(0);
+    // The few input rows once in compute_t: every output feature reads them again.
+    const at::Tensor x_compute = x.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const acc_t* x_data = x_compute.const_data_ptr<acc_t>();
+    const int64_t x_stride = in_features;
     const scalar_t* coef_data = b.empty() ? nullptr : coef.const_data_ptr<scalar_t>();
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, out_features, grain, [&](int64_t begin, int64_t end) {
