@@ -83,7 +83,7 @@ def test_compiled_graph_has_no_cat():
     assert "concat_linear" in code and "torch.cat" not in code
 
 
-@pytest.mark.parametrize("engine", ["aten", "aten_split_k", "aten_gathered", "onednn"])
+@pytest.mark.parametrize("engine", ["aten", "aten_split_k", "aten_gathered", "segment_gemv", "onednn"])
 def test_both_cpu_gemm_engines_match_reference(engine):
     """The engine choice is made per shape at first use; each engine must be correct on its own."""
     script = textwrap.dedent(
@@ -91,9 +91,12 @@ def test_both_cpu_gemm_engines_match_reference(engine):
         import torch
         from mmfast.ops import ACTIVATIONS, concat_linear, concat_linear_reference
         torch.manual_seed(0)
-        for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 6e-2)):
+        # Batches of up to 4 rows also try segment_gemv.
+        cases = ((torch.float32, 1e-4, 33), (torch.bfloat16, 6e-2, 33), (torch.float32, 1e-4, 2),
+                 (torch.float64, 1e-10, 1), (torch.bfloat16, 6e-2, 3))
+        for dtype, tol, rows in cases:
             for act in ACTIVATIONS:
-                xs = [torch.randn(33, d, dtype=dtype, requires_grad=True) for d in (40, 24, 9)]
+                xs = [torch.randn(rows, d, dtype=dtype, requires_grad=True) for d in (40, 24, 9)]
                 w = (torch.randn(17, 73) / 8).to(dtype).requires_grad_()
                 b = torch.randn(17, dtype=dtype, requires_grad=True)
                 y = concat_linear(xs, w, b, act)

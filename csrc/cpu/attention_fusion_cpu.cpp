@@ -172,7 +172,15 @@ at::Tensor project(const at::Tensor& scaled, const at::Tensor& weights, at::Tens
          return add_bias(out);
        }}};
   if (shape.rows <= kMaxSegmentGemvRows) {
-    candidates.push_back({"segment_gemv", [&] { return segment_gemv(scaled, proj_weights, weights, proj_biases); }});
+    candidates.push_back({"segment_gemv", [&] {
+                            std::vector<at::Tensor> segments;
+                            int64_t offset = 0;
+                            for (int64_t m = 0; m < shape.count; ++m) {
+                              segments.push_back(scaled.narrow(1, offset, shape.segment_sizes[m]));
+                              offset += shape.segment_sizes[m];
+                            }
+                            return segment_gemv(segments, proj_weights, std::nullopt, weights, proj_biases);
+                          }});
   }
   if (shape.count > 1) {
     candidates.push_back({"aten_cat_weights", [&] { return add_bias(at::mm(scaled, at::cat(proj_weights, 1).t())); }});

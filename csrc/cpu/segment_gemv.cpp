@@ -65,51 +65,68 @@ compute_t<scalar_t> segment_dot(const compute_t<scalar_t>* x_row, const scalar_t
 
 }  // namespace
 
-at::Tensor segment_gemv(const at::Tensor& x, at::TensorList weights, const at::Tensor& coef,
-                        at::TensorList biases) {
-  const int64_t rows = x.size(0);
-  const int64_t in_features = x.size(1);
-  const auto count = static_cast<int64_t>(weights.size());
-  const int64_t out_features = weights[0].size(0);
-  TORCH_INTERNAL_ASSERT(rows <= kMaxSegmentGemvRows && count <= kMaxFusionInputs);
-  TORCH_INTERNAL_ASSERT(x.stride(1) == 1 || in_features <= 1);
-  TORCH_INTERNAL_ASSERT(biases.empty() || (static_cast<int64_t>(biases.size()) == count && coef.is_contiguous()));
-  std::vector<at::Tensor> w(weights.begin(), weights.end());
-  std::vector<at::Tensor> b(biases.begin(), biases.end());
+at::Tensor segment_gemv(at::TensorList x_segments, at::TensorList w_segments, const std::optional<at::Tensor>& bias,
+                        const at::Tensor& coef, at::TensorList mixed_biases) {
+  const auto count = static_cast<int64_t>(x_segments.size());
+  const int64_t rows = x_segments[0].size(0);
+  const int64_t out_features = w_segments[0].size(0);
+  const bool has_bias = bias.has_value() && bias->defined();
+  TORCH_INTERNAL_ASSERT(rows <= kMaxSegmentGemvRows && count <= kMaxFusionInputs &&
+                        static_cast<int64_t>(w_segments.size()) == count);
+  TORCH_INTERNAL_ASSERT(mixed_biases.empty() ||
+                        (static_cast<int64_t>(mixed_biases.size()) == count && coef.is_contiguous()));
+  const auto dtype = x_segments[0].scalar_type();
+  std::vector<at::Tensor> w(w_segments.begin(), w_segments.end());
   for (auto& t : w) {
+    if (t.size(1) > 1 && t.stride(1) != 1) {
+      t = t.contiguous();
+    }
+  }
+  std::vector<at::Tensor> mixed(mixed_biases.begin(), mixed_biases.end());
+  for (auto& t : mixed) {
     t = t.contiguous();
   }
-  for (auto& t : b) {
-    t = t.contiguous();
+  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  // The few input rows once, side by side in compute_t: every output feature reads them again.
+  int64_t in_features = 0;
+  for (const auto& x : x_segments) {
+    in_features += x.size(1);
   }
-  at::Tensor out = at::empty({rows, out_features}, x.options());
+  const auto compute_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor x_compute = at::empty({rows, in_features}, x_segments[0].options().dtype(compute_dtype));
+  int64_t offset = 0;
+  for (const auto& x : x_segments) {
+    x_compute.narrow(1, offset, x.size(1)).copy_(x);
+    offset += x.size(1);
+  }
+  at::Tensor out = at::empty({rows, out_features}, x_segments[0].options());
   const int64_t grain = std::max<int64_t>(1, kTaskWork / std::max<int64_t>(rows * in_features, 1));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "mmfast_segment_gemv", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "mmfast_segment_gemv", [&] {
     using acc_t = compute_t<scalar_t>;
     const scalar_t* w_data[kMaxFusionInputs];
-    const scalar_t* b_data[kMaxFusionInputs];
+    int64_t w_stride[kMaxFusionInputs];
     int64_t widths[kMaxFusionInputs];
+    const scalar_t* mixed_data[kMaxFusionInputs];
     for (int64_t m = 0; m < count; ++m) {
       w_data[m] = w[m].const_data_ptr<scalar_t>();
+      w_stride[m] = w[m].stride(0);
       widths[m] = w[m].size(1);
-      b_data[m] = b.empty() ? nullptr : b[m].const_data_ptr<scalar_t>();
+      mixed_data[m] = mixed.empty() ? nullptr : mixed[m].const_data_ptr<scalar_t>();
     }
-    // The few input rows once in compute_t: every output feature reads them again.
-    const at::Tensor x_compute = x.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t* x_data = x_compute.const_data_ptr<acc_t>();
-    const int64_t x_stride = in_features;
-    const scalar_t* coef_data = b.empty() ? nullptr : coef.const_data_ptr<scalar_t>();
+    const scalar_t* bias_data = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* coef_data = mixed.empty() ? nullptr : coef.const_data_ptr<scalar_t>();
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, out_features, grain, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         for (int64_t r = 0; r < rows; ++r) {
-          acc_t total = 0;
-          int64_t offset = 0;
+          acc_t total = bias_data != nullptr ? static_cast<acc_t>(bias_data[n]) : acc_t(0);
+          const acc_t* x_row = x_data + r * in_features;
           for (int64_t m = 0; m < count; ++m) {
-            total += segment_dot<scalar_t>(x_data + r * x_stride + offset, w_data[m] + n * widths[m], widths[m]);
-            offset += widths[m];
+            total += segment_dot<scalar_t>(x_row, w_data[m] + n * w_stride[m], widths[m]);
+            x_row += widths[m];
             if (coef_data != nullptr) {
-              total += static_cast<acc_t>(coef_data[r * count + m]) * static_cast<acc_t>(b_data[m][n]);
+              total += static_cast<acc_t>(coef_data[r * count + m]) * static_cast<acc_t>(mixed_data[m][n]);
             }
           }
           out_data[r * out_features + n] = static_cast<scalar_t>(total);

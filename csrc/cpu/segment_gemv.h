@@ -8,16 +8,20 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 
 namespace mmfast::cpu {
 
 // Above this many rows the GEMM libraries win: they reuse each weight load across rows.
 constexpr int64_t kMaxSegmentGemvRows = 4;
 
-// out[r, n] = sum_m x[r, cols of segment m] . weights[m][n, :] (+ sum_m coef[r, m] * biases[m][n]).
-// x: [rows, sum D_m] with unit column stride; weights: M tensors [N, D_m]; coef: [rows, M] when
-// biases is not empty. Sums run in float (double for double inputs). rows <= kMaxSegmentGemvRows.
-at::Tensor segment_gemv(const at::Tensor& x, at::TensorList weights, const at::Tensor& coef,
-                        at::TensorList biases);
+// out[r, n] = sum_m x_segments[m][r, :] . w_segments[m][n, :] (+ bias[n])
+//             (+ sum_m coef[r, m] * mixed_biases[m][n]).
+// x_segments: M matrices [rows, D_m]; w_segments: M matrices [N, D_m] (column blocks of one weight
+// or separate weights); both with unit column stride and any row stride. coef: [rows, M] when
+// mixed_biases is not empty. Sums run in float (double for double inputs).
+// rows <= kMaxSegmentGemvRows.
+at::Tensor segment_gemv(at::TensorList x_segments, at::TensorList w_segments, const std::optional<at::Tensor>& bias,
+                        const at::Tensor& coef, at::TensorList mixed_biases);
 
 }  // namespace mmfast::cpu

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "cpu/activation_kernels.h"
+#include "cpu/segment_gemv.h"
 #include "cpu/segments.h"
 
 namespace mmfast::cpu {
@@ -41,6 +42,26 @@ at::Tensor split_k_linear(at::TensorList inputs, const at::Tensor& w, const std:
   return out;
 }
 
+// A few rows: one pass over the weight reads each input segment in place (no gather) and each
+// weight row once.
+at::Tensor segment_gemv_linear(at::TensorList inputs, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                               Activation act, int64_t rows) {
+  std::vector<at::Tensor> x_segments, w_segments;
+  int64_t offset = 0;
+  for (const auto& x : inputs) {
+    const int64_t width = x.size(-1);
+    at::Tensor x2d = x.reshape({rows, width});
+    x_segments.push_back(x2d.stride(1) == 1 || width <= 1 ? x2d : x2d.contiguous());
+    w_segments.push_back(w.narrow(1, offset, width));
+    offset += width;
+  }
+  at::Tensor out = segment_gemv(x_segments, w_segments, bias, at::Tensor(), {});
+  if (act != Activation::kNone) {
+    activation_forward(out, out, act);
+  }
+  return out;
+}
+
 }  // namespace
 
 at::Tensor linear_on_fastest_engine(GemmSite site, const at::Tensor& x, const at::Tensor& w,
@@ -65,6 +86,9 @@ at::Tensor segments_linear(GemmSite site, at::TensorList inputs, const at::Tenso
   };
   if (inputs.size() > 1 && (dtype == at::kFloat || dtype == at::kDouble)) {
     candidates.push_back({"aten_split_k", [&] { return split_k_linear(inputs, w, bias, act, rows); }});
+  }
+  if (rows <= kMaxSegmentGemvRows) {
+    candidates.push_back({"segment_gemv", [&] { return segment_gemv_linear(inputs, w, bias, act, rows); }});
   }
   return run_fastest(key, candidates);
 }
