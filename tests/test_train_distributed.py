@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -46,3 +48,18 @@ def test_two_processes_stay_identical_and_match_one_process_on_the_global_batch(
     ddp_history = load_checkpoint(tmp_path / "ddp" / "last.pt")["history"]
     for ddp_record, record in zip(ddp_history, single.history):
         assert abs(ddp_record["train_loss"] - record["train_loss"]) < 1e-5
+
+    # Evaluation is sharded: each process ran about half the test split through its model, and both
+    # report the metrics of the whole split, those of one process evaluating rank 0's weights.
+    records = [json.loads((tmp_path / f"eval{rank}.json").read_text()) for rank in (0, 1)]
+    test_size = len(single.splits["test"])
+    assert [r["evaluated"] for r in records] == [math.ceil(test_size / 2), test_size // 2]
+    assert records[0]["metrics"] == records[1]["metrics"]
+    single.model.load_state_dict(rank0)
+    expected = single.evaluate("test")
+    got = records[0]["metrics"]
+    assert got["confusion_matrix"] == expected["confusion_matrix"]
+    for name in ("accuracy", "precision_macro", "recall_macro", "f1_macro"):
+        assert got[name] == expected[name], name
+    assert abs(got["roc_auc"] - expected["roc_auc"]) < 1e-6
+    assert abs(got["loss"] - expected["loss"]) < 1e-5

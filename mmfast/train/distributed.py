@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,22 @@ class DistributedContext:
             dist.all_reduce(sums)
             total, count = float(sums[0]), int(sums[1])
         return total / max(count, 1)
+
+    def all_gather_objects(self, value: Any) -> list[Any]:
+        """``value`` of every process, in rank order (picklable values, e.g. CPU tensors)."""
+        if not self.enabled:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Copies the first process's buffers (e.g. BatchNorm running statistics) into every process's
+        ``model``: parameters stay equal under DistributedDataParallel, buffers updated by each
+        process's own forward passes may not."""
+        if self.enabled:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
 
     def barrier(self) -> None:
         if self.enabled:

@@ -10,12 +10,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from mmfast.data import collate, load_dataset
 from mmfast.train.build import build_model
 from mmfast.train.checkpoint import load_checkpoint
 from mmfast.train.config import TrainConfig
+from mmfast.train.distributed import DistributedContext
 from mmfast.train.metrics import classification_metrics
 from mmfast.train.runtime import resolve_device
 
@@ -29,23 +30,50 @@ def evaluate_model(
     device: torch.device,
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
     batch_size: int = EVAL_BATCH_SIZE,
+    dist: DistributedContext | None = None,
 ) -> dict[str, Any]:
     """Mean cross-entropy (``"loss"``) and :func:`classification_metrics` of ``model`` on
-    ``dataset``, in eval mode, from softmax probabilities of float32 logits."""
+    ``dataset``, in eval mode, from softmax probabilities of float32 logits.
+
+    With a distributed context of several processes (every process calls this), each process
+    evaluates every ``world_size``-th sample, after taking the first process's buffers (BatchNorm
+    statistics are per process on CPU), and every process returns the metrics of the whole dataset,
+    computed from the gathered predictions in dataset order."""
+    if len(dataset) == 0:
+        raise ValueError("dataset: expected at least one sample to evaluate")
     model.eval()
-    total_loss, labels, probabilities = 0.0, [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+    sharded = dist is not None and dist.enabled
+    indices = list(range(len(dataset)))
+    if sharded:
+        dist.broadcast_buffers(model)
+        indices = indices[dist.rank :: dist.world_size]
+    losses, labels, probabilities = [], [], []
+    shard = Subset(dataset, indices)
+    for batch in DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         target = batch.pop("label")
         with autocast():
             logits = model(batch).float()
-        total_loss += F.cross_entropy(logits, target, reduction="sum").item()
+        losses.append(F.cross_entropy(logits, target, reduction="none").double().cpu())
         labels.append(target.cpu())
         probabilities.append(torch.softmax(logits, dim=-1).cpu())
-    y = torch.cat(labels).numpy()
-    metrics = classification_metrics(y, torch.cat(probabilities).numpy())
-    metrics["loss"] = total_loss / len(y)
+    # A process with no sample (a dataset smaller than the world) contributes nothing.
+    per_sample = None
+    if indices:
+        per_sample = (torch.tensor(indices), torch.cat(losses), torch.cat(labels), torch.cat(probabilities))
+    if sharded:
+        per_sample = _in_dataset_order(dist.all_gather_objects(per_sample))
+    _, loss, y, p = per_sample
+    metrics = classification_metrics(y.numpy(), p.numpy())
+    metrics["loss"] = float(loss.sum()) / len(y)
     return metrics
+
+
+def _in_dataset_order(shards: list[tuple[torch.Tensor, ...] | None]) -> tuple[torch.Tensor, ...]:
+    """The per-sample tensors of every process's shard, concatenated and sorted by dataset index."""
+    columns = [torch.cat(parts) for parts in zip(*(shard for shard in shards if shard is not None))]
+    order = torch.argsort(columns[0])
+    return tuple(column[order] for column in columns)
 
 
 def evaluate_checkpoint(

@@ -133,8 +133,9 @@ class Trainer:
         return loss.item()
 
     def evaluate(self, split: str = "val") -> dict[str, Any]:
-        """Loss and metrics (see `classification_metrics`) of the current model on `split`."""
-        return evaluate_model(self.model, self.splits[split], self.device, self._autocast)
+        """Loss and metrics (see `classification_metrics`) of the current model on `split`; under
+        `torchrun` each process evaluates its shard and all get the metrics of the whole split."""
+        return evaluate_model(self.model, self.splits[split], self.device, self._autocast, dist=self.dist)
 
     def train_epoch(self) -> float:
         """One pass over this process's shard of the training split; the mean training loss over
