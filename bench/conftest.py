@@ -13,10 +13,14 @@ import pytest
 
 # Saved-for-backward measurements: (op, shape, dtype, batch) -> {implementation: bytes}.
 SAVED_BYTES: dict[tuple, dict[str, int]] = defaultdict(dict)
+SAVED_FIELDS = ["op", "shape", "dtype", "batch", "mmfast_bytes", "eager_bytes"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--ratios-csv", default=None, help="also write the ratio rows to this CSV file")
+    parser.addoption(
+        "--saved-csv", default=None, help="also write the saved-for-backward bytes to this CSV file"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -99,6 +103,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
                 writer.writeheader()
                 writer.writerows(rows)
     if SAVED_BYTES:
+        path = config.getoption("--saved-csv")
+        if path:
+            with open(path, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(SAVED_FIELDS)
+                for key, values in sorted(SAVED_BYTES.items()):
+                    writer.writerow([*key, values.get("mmfast", ""), values.get("eager", "")])
         terminalreporter.write_sep("=", "bytes kept for backward beyond inputs and parameters")
         table = [["op", "shape", "dtype", "batch", "mmfast", "eager", "eager - mmfast"]]
         for (op, shape, dtype, batch), values in sorted(SAVED_BYTES.items()):

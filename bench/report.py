@@ -58,7 +58,7 @@ def versions() -> str:
     return ", ".join(parts)
 
 
-def run_benchmarks(quick: bool, csv_path: Path) -> int:
+def run_benchmarks(quick: bool, csv_path: Path, saved_csv_path: Path | None = None) -> int:
     command = [
         sys.executable,
         "-m",
@@ -70,6 +70,8 @@ def run_benchmarks(quick: bool, csv_path: Path) -> int:
         "--benchmark-columns=median,iqr,rounds",
         f"--ratios-csv={csv_path}",
     ]
+    if saved_csv_path is not None:
+        command.append(f"--saved-csv={saved_csv_path}")
     if quick:
         command += ["-m", "quick"]
     return subprocess.run(command, check=False).returncode
@@ -100,6 +102,28 @@ def markdown_tables(rows: list[dict[str, str]]) -> str:
             cells += [f"{float(row[b]):.2f}" if row.get(b) else "-" for b in baselines]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+    return "\n".join(out)
+
+
+def saved_bytes_table(rows: list[dict[str, str]]) -> str:
+    """Bytes each implementation keeps for backward beyond its inputs and parameters."""
+    if not rows:
+        return ""
+    out = [
+        "### Kept for backward",
+        "",
+        "Bytes saved for backward beyond the inputs and parameters (concat_linear with gelu); eager",
+        "also keeps the concatenation, and for the fusions the stack of inputs or projections.",
+        "",
+        "| op | shape | dtype | batch | mmfast MiB | eager MiB | eager - mmfast MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        fused, eager = int(row["mmfast_bytes"]), int(row["eager_bytes"])
+        cells = [row["op"], row["shape"], row["dtype"], row["batch"]]
+        cells += [f"{value / 2**20:.2f}" for value in (fused, eager, eager - fused)]
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
     return "\n".join(out)
 
 
@@ -166,7 +190,12 @@ def plot(rows: list[dict[str, str]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(rows: list[dict[str, str]], output_dir: Path, quick: bool) -> Path:
+def write_report(
+    rows: list[dict[str, str]],
+    output_dir: Path,
+    quick: bool,
+    saved_rows: list[dict[str, str]] | None = None,
+) -> Path:
     command = "python -m bench.report" + (" --quick" if quick else "")
     text = "\n".join(
         [
@@ -182,6 +211,7 @@ def write_report(rows: list[dict[str, str]], output_dir: Path, quick: bool) -> P
             "- GPU results are produced by the same command on a GPU machine.",
             "",
             markdown_tables(rows),
+            saved_bytes_table(saved_rows or []),
             "![speed-ups](speedup.png)",
             "",
         ]
@@ -198,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=BENCH_DIR)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        csv_path = Path(tmp) / "ratios.csv"
-        status = run_benchmarks(args.quick, csv_path)
+        csv_path, saved_path = Path(tmp) / "ratios.csv", Path(tmp) / "saved.csv"
+        status = run_benchmarks(args.quick, csv_path, saved_path)
         if not csv_path.exists():
             print("bench.report: the benchmarks produced no results", file=sys.stderr)
             return status or 1
-        path = write_report(read_rows(csv_path), args.output_dir, args.quick)
+        saved_rows = read_rows(saved_path) if saved_path.exists() else []
+        path = write_report(read_rows(csv_path), args.output_dir, args.quick, saved_rows)
     print(f"wrote {path} and {args.output_dir / 'speedup.png'}")
     return status
 

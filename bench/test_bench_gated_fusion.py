@@ -29,6 +29,8 @@ def test_gated_fusion_cuda(benchmark, shape, batch, dtype, mode, impl):
     run_case(benchmark, "cuda", OP, shape, batch, dtype, mode, impl)
 
 
+# Not timed, so cheap enough for the quick set.
+@pytest.mark.quick
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("shape", list(SHAPES[OP]))
 def test_gated_fusion_saved_for_backward(shape, dtype):

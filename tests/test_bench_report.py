@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from bench.conftest import SAVED_FIELDS
 from bench.report import read_rows, write_report
 
 FIELDS = ["op", "mode", "dtype", "shape", "batch", "mmfast_ms", "speedup_vs_compile", "speedup_vs_eager"]
@@ -44,3 +45,19 @@ def test_report_has_machine_versions_command_and_a_table_per_op(tmp_path: Path):
     chart = tmp_path / "speedup.png"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![speed-ups](speedup.png)" in text
+
+
+def test_report_shows_the_bytes_kept_for_backward(tmp_path: Path):
+    _write_csv(tmp_path / "ratios.csv")
+    with open(tmp_path / "saved.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SAVED_FIELDS)
+        writer.writerow(["concat_linear", "768+512+128->512", "float32", "1024", 2 * 2**20, 15 * 2**19])
+    text = write_report(
+        read_rows(tmp_path / "ratios.csv"), tmp_path, quick=True, saved_rows=read_rows(tmp_path / "saved.csv")
+    ).read_text(encoding="utf-8")
+    assert "### Kept for backward" in text
+    assert "| concat_linear | 768+512+128->512 | float32 | 1024 | 2.00 | 7.50 | 5.50 |" in text
+    # Without measurements the section is left out.
+    without = write_report(read_rows(tmp_path / "ratios.csv"), tmp_path, quick=True)
+    assert "Kept for backward" not in without.read_text(encoding="utf-8")
