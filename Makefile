@@ -9,7 +9,7 @@ TORCH_SPEC := torch==2.13.0
 
 $(VENV)/.torch-installed:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet --upgrade pip "setuptools>=77"
 	# Always pin torch: a bare `torch` would pull several GB of CUDA packages.
 	$(PIP) install --quiet $(TORCH_SPEC)
 	touch $@
