@@ -83,7 +83,9 @@ def test_compiled_graph_has_no_cat():
     assert "concat_linear" in code and "torch.cat" not in code
 
 
-@pytest.mark.parametrize("engine", ["aten", "aten_split_k", "aten_gathered", "segment_gemv", "onednn"])
+@pytest.mark.parametrize(
+    "engine", ["aten", "aten_split_k", "aten_gathered", "aten_float32", "segment_gemv", "onednn"]
+)
 def test_both_cpu_gemm_engines_match_reference(engine):
     """The engine choice is made per shape at first use; each engine must be correct on its own."""
     script = textwrap.dedent(

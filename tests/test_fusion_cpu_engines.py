@@ -52,7 +52,8 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    "engine", ["aten", "aten_split_k", "aten_gathered", "aten_cat_weights", "segment_gemv", "onednn"]
+    "engine",
+    ["aten", "aten_split_k", "aten_gathered", "aten_cat_weights", "aten_float32", "segment_gemv", "onednn"],
 )
 def test_fusion_ops_match_reference_on_every_cpu_engine(engine):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

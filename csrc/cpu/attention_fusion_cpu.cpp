@@ -144,7 +144,8 @@ void softmax_and_scale(const at::Tensor& scores, const std::vector<at::Tensor>& 
 
 // sum_m scaled[:, segment m] @ P_m.T (+ weights @ stack(p_m)), on the fastest way for the shape:
 // one GEMM per segment accumulating, one GEMM over the concatenated projection weights (ATen or
-// oneDNN), or for a few rows one pass over the weights (segment_gemv).
+// oneDNN; for bfloat16 / float16 also in float32, see float32_linear), or for a few rows one pass
+// over the weights (segment_gemv).
 at::Tensor project(const at::Tensor& scaled, const at::Tensor& weights, at::TensorList proj_weights,
                    at::TensorList proj_biases, const AttentionFusionShape& shape) {
   const bool has_bias = !proj_biases.empty();
@@ -180,6 +181,15 @@ at::Tensor project(const at::Tensor& scaled, const at::Tensor& weights, at::Tens
                               offset += shape.segment_sizes[m];
                             }
                             return segment_gemv(segments, proj_weights, std::nullopt, weights, proj_biases);
+                          }});
+  }
+  if (is_reduced_precision(scaled.scalar_type())) {
+    candidates.push_back({"aten_float32", [&] {
+                            at::Tensor out = at::mm(scaled.to(at::kFloat), at::cat(proj_weights, 1).to(at::kFloat).t());
+                            if (has_bias) {
+                              out.addmm_(weights.to(at::kFloat), at::stack(proj_biases).to(at::kFloat));
+                            }
+                            return out.to(scaled.scalar_type());
                           }});
   }
   if (shape.count > 1) {

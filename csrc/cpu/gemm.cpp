@@ -116,6 +116,17 @@ at::Tensor aten_linear(const at::Tensor& x, const at::Tensor& w, const std::opti
   return out;
 }
 
+bool is_reduced_precision(at::ScalarType dtype) { return dtype == at::kBFloat16 || dtype == at::kHalf; }
+
+at::Tensor float32_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                          Activation act) {
+  std::optional<at::Tensor> bias32;
+  if (bias.has_value() && bias->defined()) {
+    bias32 = bias->to(at::kFloat);
+  }
+  return aten_linear(x.to(at::kFloat), w.to(at::kFloat), bias32, act).to(x.scalar_type());
+}
+
 at::Tensor run_fastest(const TuneKey& key, const std::vector<GemmCandidate>& candidates) {
   TORCH_INTERNAL_ASSERT(!candidates.empty());
   const bool onednn_ok = onednn_supports(key.dtype);

@@ -39,7 +39,7 @@ struct TuneKey {
 
 // One way to compute a GEMM site's result.
 struct GemmCandidate {
-  const char* name;  // "aten", "aten_split_k", "onednn"
+  const char* name;  // "aten", "aten_split_k", "onednn", ...
   std::function<at::Tensor()> run;
 };
 
@@ -56,6 +56,18 @@ bool onednn_supports(at::ScalarType dtype);
 // x: [M, K], w: [N, K], any strides.
 at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
                          Activation act);
+
+// Whether `dtype` is bfloat16 or float16: a GEMM of such values can also run in float32 (see
+// float32_linear).
+bool is_reduced_precision(at::ScalarType dtype);
+
+// act(x @ w.T + bias) computed in float32 from reduced-precision x, w and bias, rounded once to
+// x's dtype. Products of bfloat16 (or float16) values are exact in float32, so this is what a
+// reduced-precision GEMM accumulating in float32 computes; on CPUs without native bfloat16 dot
+// products (no AVX512-BF16 or AMX) MKL and oneDNN emulate those at about a quarter of the float32
+// rate, and the conversions cost O(M*K + N*K) against the GEMM's O(M*N*K).
+at::Tensor float32_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                          Activation act);
 
 // act(x @ w.T + bias) via ATen's addmm / mm, with the activation as a vectorized in-place pass.
 at::Tensor aten_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,

@@ -68,8 +68,12 @@ at::Tensor linear_on_fastest_engine(GemmSite site, const at::Tensor& x, const at
                                     const std::optional<at::Tensor>& bias, Activation act) {
   const bool has_bias = bias.has_value() && bias->defined();
   const TuneKey key{site, x.size(0), w.size(0), x.size(1), x.scalar_type(), variant_of(act, has_bias)};
-  return run_fastest(key, {{"aten", [&] { return aten_linear(x, w, bias, act); }},
-                           {"onednn", [&] { return onednn_linear(x, w, bias, act); }}});
+  std::vector<GemmCandidate> candidates = {{"aten", [&] { return aten_linear(x, w, bias, act); }},
+                                           {"onednn", [&] { return onednn_linear(x, w, bias, act); }}};
+  if (is_reduced_precision(x.scalar_type())) {
+    candidates.push_back({"aten_float32", [&] { return float32_linear(x, w, bias, act); }});
+  }
+  return run_fastest(key, candidates);
 }
 
 at::Tensor segments_linear(GemmSite site, at::TensorList inputs, const at::Tensor& w,
@@ -90,34 +94,50 @@ at::Tensor segments_linear(GemmSite site, at::TensorList inputs, const at::Tenso
   if (rows <= kMaxSegmentGemvRows) {
     candidates.push_back({"segment_gemv", [&] { return segment_gemv_linear(inputs, w, bias, act, rows); }});
   }
+  if (is_reduced_precision(dtype)) {
+    candidates.push_back({"aten_float32", [&] {
+                            return float32_linear(gather_segments_float32(inputs, rows, in_features), w, bias, act)
+                                .to(dtype);
+                          }});
+  }
   return run_fastest(key, candidates);
 }
 
 at::Tensor segments_grad_weight(GemmSite site, const at::Tensor& grad_pre, at::TensorList inputs, int64_t rows,
                                 int64_t in_features) {
   const int64_t out_features = grad_pre.size(1);
-  const TuneKey key{site, rows, out_features, in_features, grad_pre.scalar_type(), static_cast<int>(inputs.size())};
-  return run_fastest(
-      key, {{"aten",
-             [&] {
-               at::Tensor grad_weight = at::empty({out_features, in_features}, grad_pre.options());
-               int64_t offset = 0;
-               for (const auto& x : inputs) {
-                 const int64_t width = x.size(-1);
-                 at::Tensor slice = grad_weight.narrow(1, offset, width);
-                 at::mm_out(slice, grad_pre.t(), x.reshape({rows, width}));
-                 offset += width;
-               }
-               return grad_weight;
-             }},
-            // At small sizes one GEMM over the gathered inputs beats one per segment: each GEMM
-            // call has a fixed cost of several microseconds.
-            {"aten_gathered",
-             [&] { return at::mm(grad_pre.t(), gather_segments(inputs, rows, in_features)); }},
-            {"onednn", [&] {
-               const at::Tensor x = gather_segments(inputs, rows, in_features);
-               return onednn_linear(grad_pre.t(), x.t(), std::nullopt, Activation::kNone);
-             }}});
+  const auto dtype = grad_pre.scalar_type();
+  const TuneKey key{site, rows, out_features, in_features, dtype, static_cast<int>(inputs.size())};
+  std::vector<GemmCandidate> candidates = {
+      {"aten",
+       [&] {
+         at::Tensor grad_weight = at::empty({out_features, in_features}, grad_pre.options());
+         int64_t offset = 0;
+         for (const auto& x : inputs) {
+           const int64_t width = x.size(-1);
+           at::Tensor slice = grad_weight.narrow(1, offset, width);
+           at::mm_out(slice, grad_pre.t(), x.reshape({rows, width}));
+           offset += width;
+         }
+         return grad_weight;
+       }},
+      // At small sizes one GEMM over the gathered inputs beats one per segment: each GEMM call has
+      // a fixed cost of several microseconds.
+      {"aten_gathered", [&] { return at::mm(grad_pre.t(), gather_segments(inputs, rows, in_features)); }},
+      {"onednn",
+       [&] {
+         const at::Tensor x = gather_segments(inputs, rows, in_features);
+         return onednn_linear(grad_pre.t(), x.t(), std::nullopt, Activation::kNone);
+       }},
+  };
+  if (is_reduced_precision(dtype)) {
+    candidates.push_back({"aten_float32", [&] {
+                            return at::mm(grad_pre.t().to(at::kFloat),
+                                          gather_segments_float32(inputs, rows, in_features))
+                                .to(dtype);
+                          }});
+  }
+  return run_fastest(key, candidates);
 }
 
 }  // namespace mmfast::cpu

@@ -10,7 +10,7 @@
 namespace mmfast::cpu {
 // Grows, never shrinks: a training loop asks for the same size every step.
 at::Tensor scratch_buffer(ScratchSlot slot, int64_t numel, const at::TensorOptions& options) {
-  thread_local std::array<at::Tensor, 2> buffers;
+  thread_local std::array<at::Tensor, 3> buffers;
   at::Tensor& buffer = buffers.at(static_cast<size_t>(slot));
   if (!buffer.defined() || buffer.numel() < numel || buffer.scalar_type() != options.dtype().toScalarType()) {
     buffer = at::empty({numel}, options);
@@ -58,6 +58,18 @@ at::Tensor gather_segments(at::TensorList inputs, int64_t rows, int64_t in_featu
       }
     }
   });
+  return out;
+}
+
+at::Tensor gather_segments_float32(at::TensorList inputs, int64_t rows, int64_t in_features) {
+  at::Tensor out = scratch_buffer(ScratchSlot::kFloatGather, rows * in_features, inputs[0].options().dtype(at::kFloat))
+                       .view({rows, in_features});
+  int64_t offset = 0;
+  for (const auto& x : inputs) {
+    const int64_t width = x.size(-1);
+    out.narrow(1, offset, width).copy_(x.reshape({rows, width}));
+    offset += width;
+  }
   return out;
 }
 

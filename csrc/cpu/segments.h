@@ -12,10 +12,14 @@ namespace mmfast::cpu {
 // so the result is only valid until then and must never be returned or saved.
 at::Tensor gather_segments(at::TensorList inputs, int64_t rows, int64_t in_features);
 
+// The segments as one float32 [rows, sum(D_i)] matrix (converted while gathered), in the per-thread
+// scratch slot kFloatGather, with the same lifetime rule as gather_segments.
+at::Tensor gather_segments_float32(at::TensorList inputs, int64_t rows, int64_t in_features);
+
 // Per-thread scratch buffers that autograd never sees, reused across calls (so a training loop
 // does not page-fault fresh memory each step). Slot 0 is gather_segments'; a caller owns the
 // buffer of its slot until its next call with the same slot.
-enum class ScratchSlot : int { kGather = 0, kScaledInputs = 1 };
+enum class ScratchSlot : int { kGather = 0, kScaledInputs = 1, kFloatGather = 2 };
 at::Tensor scratch_buffer(ScratchSlot slot, int64_t numel, const at::TensorOptions& options);
 
 }  // namespace mmfast::cpu
