@@ -283,7 +283,7 @@ attention_fusion_backward_cpu(const at::Tensor& grad_output, const std::optional
     int64_t offset = 0;
     for (int64_t m = 0; m < shape.count; ++m) {
       at::Tensor segment = projected_grad.narrow(1, offset, shape.segment_sizes[m]);
-      at::mm_out(segment, dout, proj_weights[m]);
+      matmul_into(GemmSite::kAttentionFusionGradInput, segment, dout, proj_weights[m]);
       offset += shape.segment_sizes[m];
     }
     // dw starts as dout . p_m plus any gradient reaching the weights output directly.
@@ -322,7 +322,8 @@ attention_fusion_backward_cpu(const at::Tensor& grad_output, const std::optional
       });
     });
     if (want_input) {
-      grad_input = projected_grad.addmm_(ds, score_weight).view(input_sizes);
+      add_matmul(GemmSite::kAttentionFusionGradInput, projected_grad, ds, score_weight);
+      grad_input = projected_grad.view(input_sizes);
     }
     if (want_score_weight) {
       grad_score_weight =
@@ -339,7 +340,9 @@ attention_fusion_backward_cpu(const at::Tensor& grad_output, const std::optional
     softmax_and_scale(w, matrices, scaled, /*normalize=*/false);
     int64_t offset = 0;
     for (int64_t m = 0; m < shape.count; ++m) {
-      grad_proj_weights.push_back(at::mm(dout.t(), scaled.narrow(1, offset, shape.segment_sizes[m])));
+      grad_proj_weights.push_back(matmul_on_fastest_engine(GemmSite::kAttentionFusionProjectionGradWeight, dout.t(),
+                                                           scaled.narrow(1, offset, shape.segment_sizes[m]))
+                                      .to(dout.scalar_type()));
       offset += shape.segment_sizes[m];
     }
   }

@@ -310,7 +310,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_fusion_backward_cpu(const a
     }
   });
   if (want_input) {
-    grad_input.addmm_(dz, weight);
+    add_matmul(GemmSite::kGatedFusionGradInput, grad_input, dz, weight);
   }
   at::Tensor grad_weight = want_weight ? segments_grad_weight(GemmSite::kGatedFusionGradWeight, dz, inputs,
                                                               shape.rows, in_features)

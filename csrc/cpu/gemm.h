@@ -26,6 +26,7 @@ enum class GemmSite : int {
   kAttentionFusionProjection = 7,
   kAttentionFusionGradInput = 8,
   kAttentionFusionGradWeight = 9,
+  kAttentionFusionProjectionGradWeight = 10,
 };
 
 struct TuneKey {

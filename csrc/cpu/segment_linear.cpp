@@ -140,4 +140,30 @@ at::Tensor segments_grad_weight(GemmSite site, const at::Tensor& grad_pre, at::T
   return run_fastest(key, candidates);
 }
 
+at::Tensor matmul_on_fastest_engine(GemmSite site, const at::Tensor& a, const at::Tensor& b) {
+  if (!is_reduced_precision(a.scalar_type())) {
+    return at::mm(a, b);
+  }
+  const TuneKey key{site, a.size(0), b.size(1), a.size(1), a.scalar_type(), 0};
+  return run_fastest(key, {{"aten", [&] { return at::mm(a, b); }},
+                           {"aten_float32", [&] { return at::mm(a.to(at::kFloat), b.to(at::kFloat)); }}});
+}
+
+void matmul_into(GemmSite site, const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (!is_reduced_precision(out.scalar_type())) {
+    at::Tensor result = out;
+    at::mm_out(result, a, b);
+    return;
+  }
+  out.copy_(matmul_on_fastest_engine(site, a, b));
+}
+
+void add_matmul(GemmSite site, const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (!is_reduced_precision(out.scalar_type())) {
+    out.addmm_(a, b);
+    return;
+  }
+  out.add_(matmul_on_fastest_engine(site, a, b));
+}
+
 }  // namespace mmfast::cpu
