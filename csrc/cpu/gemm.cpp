@@ -37,7 +37,12 @@ struct TuneKeyHash {
 
 // Shapes seen by a long-running process are few; the bound only guards against pathological use.
 constexpr size_t kMaxTunedShapes = 4096;
-constexpr int kTimedRounds = 5;
+// Timed rounds per choice: at least kMinTimedRounds, then more while the choice has cost less than
+// kTuningBudgetSeconds. Small shapes, whose timings are the noisiest, get up to kMaxTimedRounds
+// (best-of-N approaches the undisturbed time as N grows); large ones stop at the minimum.
+constexpr int kMinTimedRounds = 5;
+constexpr int kMaxTimedRounds = 50;
+constexpr double kTuningBudgetSeconds = 0.02;
 // A candidate other than the plain ATen path must beat it by this factor to be chosen: timings on
 // a shared machine are noisy, and a wrong pick costs more than a near-tie gains.
 constexpr double kRequiredGain = 0.9;
@@ -166,10 +171,14 @@ at::Tensor run_fastest(const TuneKey& key, const std::vector<GemmCandidate>& can
       }
     }
   }
-  for (int round = 0; round < kTimedRounds; ++round) {
+  double spent = 0;
+  for (int round = 0; round < kMaxTimedRounds && (round < kMinTimedRounds || spent < kTuningBudgetSeconds);
+       ++round) {
     for (size_t i = 0; i < candidates.size(); ++i) {
       if (best_times[i] >= 0) {
-        best_times[i] = std::min(best_times[i], time_once(candidates[i].run));
+        const double seconds = time_once(candidates[i].run);
+        best_times[i] = std::min(best_times[i], seconds);
+        spent += seconds;
       }
     }
   }
