@@ -97,7 +97,7 @@ def benchmark_callable(op: str, impl: str, mode: str, problem: Problem, key: tup
 def _is_quick(op: str, shape: str, batch: int, dtype: str, mode: str) -> bool:
     if shape != QUICK_SHAPES[op] or batch not in (1, 1024):
         return False
-    return mode == "forward" or (dtype == "float32" and batch == 1024)
+    return mode == "forward" or batch == 1024
 
 
 def cases(op: str, device: str) -> Iterator:

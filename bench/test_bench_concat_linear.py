@@ -29,7 +29,7 @@ QUICK_SHAPE = "768+512+128->512"
 def _is_quick(shape: str, batch: int, dtype: str, mode: str) -> bool:
     if shape != QUICK_SHAPE or batch not in (1, 1024):
         return False
-    return mode == "forward" or (dtype == "float32" and batch == 1024)
+    return mode == "forward" or batch == 1024
 
 
 def _cases():
