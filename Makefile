@@ -30,7 +30,7 @@ install: build
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-BENCH := $(PY) -m pytest bench -q -p no:cacheprovider --benchmark-columns=median,iqr,rounds --benchmark-sort=name
+BENCH := $(PY) -m pytest bench -q -p no:cacheprovider --benchmark-columns=min,median,iqr,rounds --benchmark-sort=name
 
 # The main job: trains the AV-digits classifiers (fusions, single-modality baselines, corrupted
 # variants) and times the fused model against its plain-PyTorch twin.

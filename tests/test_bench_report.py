@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from bench.conftest import SAVED_FIELDS
-from bench.report import read_rows, write_report
+from bench.report import best_of_runs, read_rows, write_report
 
 FIELDS = ["op", "mode", "dtype", "shape", "batch", "mmfast_ms", "speedup_vs_compile", "speedup_vs_eager"]
 ROWS = [
@@ -61,3 +61,15 @@ def test_report_shows_the_bytes_kept_for_backward(tmp_path: Path):
     # Without measurements the section is left out.
     without = write_report(read_rows(tmp_path / "ratios.csv"), tmp_path, quick=True)
     assert "Kept for backward" not in without.read_text(encoding="utf-8")
+
+
+def test_several_runs_keep_each_implementations_best_time():
+    fields = ["op", "mode", "dtype", "shape", "batch", "mmfast_ms", "speedup_vs_eager", "speedup_vs_compile"]
+    first = [dict(zip(fields, ["gated_fusion", "forward", "float32", "3x256", "64", "2.0", "1.5", ""]))]
+    # Second run: mmfast slower, eager faster (1.2 * 2.5 = 3.0 ms against 3.0 ms), compile measured.
+    second = [dict(zip(fields, ["gated_fusion", "forward", "float32", "3x256", "64", "2.5", "1.2", "2.0"]))]
+    (row,) = best_of_runs([first, second])
+    assert float(row["mmfast_ms"]) == 2.0
+    assert abs(float(row["speedup_vs_eager"]) - 1.5) < 1e-9  # 3.0 ms / 2.0 ms
+    assert abs(float(row["speedup_vs_compile"]) - 2.5) < 1e-9  # 5.0 ms / 2.0 ms
+    assert row["op"] == "gated_fusion" and row["batch"] == "64"

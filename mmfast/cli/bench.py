@@ -33,7 +33,7 @@ def run_bench(quick: bool = False, report: bool = False, pytest_args: Sequence[s
     else:
         command = [
             sys.executable, "-m", "pytest", str(bench_dir), "-q", "-p", "no:cacheprovider",
-            "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name",
+            "--benchmark-columns=min,median,iqr,rounds", "--benchmark-sort=name",
             *(["-m", "quick"] if quick else []), *pytest_args,
         ]  # fmt: skip
     return subprocess.call(command, cwd=root)
