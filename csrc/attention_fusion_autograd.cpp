@@ -10,6 +10,8 @@
 #include <optional>
 #include <vector>
 
+#include "grad_recording.h"
+
 namespace mmfast {
 namespace {
 
@@ -123,6 +125,10 @@ std::tuple<at::Tensor, at::Tensor> attention_fusion_forward_autograd(at::TensorL
                                                                      at::TensorList proj_biases,
                                                                      const at::Tensor& score_weight,
                                                                      const std::optional<at::Tensor>& score_bias) {
+  if (!autograd_records(inputs, proj_weights, proj_biases, score_weight, score_bias)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return forward_op(inputs, proj_weights, proj_biases, score_weight, score_bias);
+  }
   auto outputs = AttentionFusionFunction::apply(inputs, proj_weights, proj_biases, score_weight, score_bias);
   return {outputs[0], outputs[1]};
 }

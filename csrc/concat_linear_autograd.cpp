@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "activation_names.h"
+#include "grad_recording.h"
 
 namespace mmfast {
 namespace {
@@ -110,6 +111,10 @@ class ConcatLinearFunction : public torch::autograd::Function<ConcatLinearFuncti
 std::tuple<at::Tensor, at::Tensor> concat_linear_forward_autograd(at::TensorList inputs, const at::Tensor& weight,
                                                                   const std::optional<at::Tensor>& bias,
                                                                   c10::string_view activation, bool save) {
+  if (!autograd_records(inputs, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return forward_op(inputs, weight, bias, activation, save);
+  }
   auto outputs = ConcatLinearFunction::apply(inputs, weight, bias, activation, save);
   return {outputs[0], outputs[1]};
 }

@@ -9,6 +9,8 @@
 #include <array>
 #include <vector>
 
+#include "grad_recording.h"
+
 namespace mmfast {
 namespace {
 
@@ -86,6 +88,10 @@ class GatedFusionFunction : public torch::autograd::Function<GatedFusionFunction
 
 std::tuple<at::Tensor, at::Tensor> gated_fusion_forward_autograd(at::TensorList inputs, const at::Tensor& weight,
                                                                  const std::optional<at::Tensor>& bias) {
+  if (!autograd_records(inputs, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return forward_op(inputs, weight, bias);
+  }
   auto outputs = GatedFusionFunction::apply(inputs, weight, bias);
   return {outputs[0], outputs[1]};
 }

@@ -14,6 +14,8 @@
 
 #include <vector>
 
+#include "grad_recording.h"
+
 namespace mmfast {
 namespace {
 
@@ -28,21 +30,9 @@ std::tuple<at::Tensor, at::Tensor> call_concat_linear_forward(at::TensorList inp
   return op.call(inputs, weight, bias, activation, save);
 }
 
-bool any_requires_grad(at::TensorList inputs, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  if (weight.requires_grad() || (bias.has_value() && bias->defined() && bias->requires_grad())) {
-    return true;
-  }
-  for (const auto& x : inputs) {
-    if (x.requires_grad()) {
-      return true;
-    }
-  }
-  return false;
-}
-
 at::Tensor concat_linear_composite(at::TensorList inputs, const at::Tensor& weight,
                                    const std::optional<at::Tensor>& bias, c10::string_view activation) {
-  const bool save = at::GradMode::is_enabled() && any_requires_grad(inputs, weight, bias);
+  const bool save = autograd_records(inputs, weight, bias);
   return std::get<0>(call_concat_linear_forward(inputs, weight, bias, activation, save));
 }
 

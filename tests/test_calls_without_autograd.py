@@ -1,0 +1,80 @@
+"""Calls autograd does not record (no_grad, inference_mode, or no argument requiring a gradient).
+
+The compiled ops take a shorter path for them; it must give the reference's result and build no graph,
+while a recorded call from the same arguments still differentiates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from mmfast.ops import (
+    attention_fusion,
+    attention_fusion_reference,
+    concat_linear,
+    concat_linear_reference,
+    gated_fusion,
+    gated_fusion_reference,
+)
+from tests._fusion_cases import attention_args, gated_args, leaves_of
+
+
+def _concat_args(requires_grad):
+    xs = [torch.randn(6, d, requires_grad=requires_grad) for d in (7, 3, 5)]
+    weight = (torch.randn(9, 15) / 15**0.5).requires_grad_(requires_grad)
+    bias = torch.randn(9, requires_grad=requires_grad)
+    return xs, weight, bias
+
+
+CASES = {
+    "concat_linear": (
+        _concat_args,
+        lambda *a: concat_linear(*a, activation="gelu"),
+        lambda *a: concat_linear_reference(*a, activation="gelu"),
+    ),
+    "gated_fusion": (
+        lambda rg: gated_args(3, 8, (6,), torch.float32, requires_grad=rg),
+        gated_fusion,
+        gated_fusion_reference,
+    ),
+    "attention_fusion": (
+        lambda rg: attention_args([7, 3, 5], 9, (6,), torch.float32, requires_grad=rg),
+        attention_fusion,
+        attention_fusion_reference,
+    ),
+}
+
+MODES = {
+    "no_grad": torch.no_grad,
+    "inference_mode": torch.inference_mode,
+    "nothing_requires_grad": contextlib.nullcontext,
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("op", CASES)
+def test_unrecorded_call_matches_reference_and_builds_no_graph(op, mode):
+    make_args, fn, reference = CASES[op]
+    args = make_args(mode != "nothing_requires_grad")
+    with MODES[mode]():
+        out = fn(*args)
+    assert not out.requires_grad and out.grad_fn is None
+    with torch.no_grad():
+        expected = reference(*args)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", CASES)
+def test_recorded_call_after_unrecorded_one_still_differentiates(op):
+    make_args, fn, reference = CASES[op]
+    args = make_args(True)
+    with torch.no_grad():
+        fn(*args)
+    leaves = leaves_of(args)
+    got = torch.autograd.grad(fn(*args).sum(), leaves)
+    want = torch.autograd.grad(reference(*args).sum(), leaves)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
