@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -117,3 +118,25 @@ def test_both_cpu_gemm_engines_match_reference(engine):
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_verbose_gemm_choice_reports_each_candidate_time():
+    script = textwrap.dedent(
+        """
+        import torch
+        from mmfast.ops import concat_linear
+        xs = [torch.randn(8, d) for d in (5, 3)]
+        concat_linear(xs, torch.randn(4, 8), torch.randn(4), "relu")
+        """
+    )
+    env = {**os.environ, "MMFAST_CPU_GEMM_VERBOSE": "1"}
+    env.pop("MMFAST_CPU_GEMM", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    choice = re.search(r"GEMM site 0, m=8 n=4 k=8 Float variant \d+: (.*) -> (\w+)", result.stderr)
+    assert choice is not None, result.stderr[-2000:]
+    timed = dict(re.findall(r"(\w+)=([0-9.]+)us", choice.group(1)))
+    assert "aten" in timed and all(float(t) > 0 for t in timed.values())
+    assert choice.group(2) in timed

@@ -189,9 +189,16 @@ at::Tensor run_fastest(const TuneKey& key, const std::vector<GemmCandidate>& can
     }
   }
   if (verbose()) {
-    std::fprintf(stderr, "mmfast: GEMM site %d, m=%lld n=%lld k=%lld %s variant %d -> %s\n",
+    std::string timings;
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      if (best_times[i] >= 0) {
+        timings += " " + std::string(candidates[i].name) + "=" + std::to_string(best_times[i] * 1e6) + "us";
+      }
+    }
+    std::fprintf(stderr, "mmfast: GEMM site %d, m=%lld n=%lld k=%lld %s variant %d:%s -> %s\n",
                  static_cast<int>(key.site), static_cast<long long>(key.m), static_cast<long long>(key.n),
-                 static_cast<long long>(key.k), c10::toString(key.dtype), key.variant, candidates[best].name);
+                 static_cast<long long>(key.k), c10::toString(key.dtype), key.variant, timings.c_str(),
+                 candidates[best].name);
   }
   {
     std::lock_guard<std::mutex> lock(tune_mutex);

@@ -47,7 +47,8 @@ struct GemmCandidate {
 // Runs the fastest of `candidates` for `key`. Candidate 0 must always be valid (the plain ATen
 // path). On the first call for a key each candidate is timed (one that throws is skipped, and
 // oneDNN candidates are skipped for dtypes oneDNN cannot run); `MMFAST_CPU_GEMM=<name>` forces a
-// candidate by name where it is offered; `MMFAST_CPU_GEMM_VERBOSE=1` prints each choice made.
+// candidate by name where it is offered; `MMFAST_CPU_GEMM_VERBOSE=1` prints each choice made with
+// every candidate's best time.
 at::Tensor run_fastest(const TuneKey& key, const std::vector<GemmCandidate>& candidates);
 
 // Whether oneDNN's linear can run `dtype` on this machine and build.
