@@ -83,9 +83,7 @@ def check_concat_linear_args(
 MAX_FUSION_INPUTS = 16
 
 
-def check_gated_fusion_args(
-    inputs: object, weight: object, bias: object
-) -> tuple[list[torch.Tensor], int]:
+def check_gated_fusion_args(inputs: object, weight: object, bias: object) -> tuple[list[torch.Tensor], int]:
     """Validated inputs and the number of gate logits (D for two inputs, M*D else)."""
     tensors = check_tensor_list(inputs, "inputs", MAX_FUSION_INPUTS, min_count=2)
     count = len(tensors)
