@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include <array>
@@ -39,7 +40,9 @@ BackwardResult backward_op(const at::Tensor& grad_output, const std::optional<at
                        .typed<BackwardResult(const at::Tensor&, const std::optional<at::Tensor>&, at::TensorList,
                                              at::TensorList, at::TensorList, const at::Tensor&, const at::Tensor&,
                                              std::array<bool, 5>)>();
-  return op.call(grad_output, grad_weights, inputs, proj_weights, proj_biases, score_weight, weights, mask);
+  return call_backward_op([&] {
+    return op.call(grad_output, grad_weights, inputs, proj_weights, proj_biases, score_weight, weights, mask);
+  });
 }
 
 class AttentionFusionFunction : public torch::autograd::Function<AttentionFusionFunction> {
@@ -137,6 +140,9 @@ std::tuple<at::Tensor, at::Tensor> attention_fusion_forward_autograd(at::TensorL
 
 TORCH_LIBRARY_IMPL(mmfast, Autograd, m) {
   m.impl("attention_fusion_forward", &attention_fusion_forward_autograd);
+  // Differentiating the backward (create_graph=True, then backward through the gradients)
+  // raises "derivative for mmfast::attention_fusion_backward is not implemented" instead of going silently wrong.
+  m.impl("attention_fusion_backward", torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace mmfast

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include <array>
@@ -41,7 +42,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_op(const at::Tensor& gra
                        .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                            const at::Tensor&, at::TensorList, const at::Tensor&, const at::Tensor&,
                            c10::string_view, std::array<bool, 3>)>();
-  return op.call(grad_output, inputs, weight, saved, activation, mask);
+  return call_backward_op([&] {
+    return op.call(grad_output, inputs, weight, saved, activation, mask);
+  });
 }
 
 class ConcatLinearFunction : public torch::autograd::Function<ConcatLinearFunction> {
@@ -123,6 +126,9 @@ std::tuple<at::Tensor, at::Tensor> concat_linear_forward_autograd(at::TensorList
 
 TORCH_LIBRARY_IMPL(mmfast, Autograd, m) {
   m.impl("concat_linear_forward", &concat_linear_forward_autograd);
+  // Differentiating the backward (create_graph=True, then backward through the gradients)
+  // raises "derivative for mmfast::concat_linear_backward is not implemented" instead of going silently wrong.
+  m.impl("concat_linear_backward", torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace mmfast

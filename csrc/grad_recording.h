@@ -5,6 +5,7 @@
 // inference.
 #pragma once
 
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/core/GradMode.h>
 
@@ -30,6 +31,19 @@ inline bool requires_grad_of(at::TensorList tensors) {
 template <typename... Args>
 bool autograd_records(const Args&... args) {
   return c10::GradMode::is_enabled() && (requires_grad_of(args) || ...);
+}
+
+// Runs `call` (a dispatcher call of a backward op) past the autograd keys when grad mode is off,
+// as it is in a backward pass without create_graph: autograd would record nothing, and its boxed
+// fallback for ops without a derivative costs microseconds per call. With grad mode on, the call
+// goes through that fallback, which makes differentiating the backward a clear error.
+template <typename Call>
+decltype(auto) call_backward_op(Call&& call) {
+  if (c10::GradMode::is_enabled()) {
+    return call();
+  }
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return call();
 }
 
 }  // namespace mmfast

@@ -51,7 +51,8 @@ def attention_fusion(
         return_weights: also return the attention weights ``w`` (``[*, M]``, differentiable).
 
     Returns:
-        ``out`` (``[*, D_out]``), or ``(out, w)`` with ``return_weights``.
+        ``out`` (``[*, D_out]``), or ``(out, w)`` with ``return_weights``; differentiable once
+        (a second derivative raises).
     """
     tensors = as_list(inputs, "inputs")
     projections = parameter_list(proj_weights, "proj_weights", len(tensors))

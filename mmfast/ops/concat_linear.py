@@ -47,9 +47,9 @@ def concat_linear(
         activation: one of ``none, relu, gelu, gelu_tanh, silu, sigmoid, tanh``.
 
     Returns:
-        ``[*, N]``. Differentiable with respect to every input, ``weight`` and ``bias``; the
-        backward keeps the inputs (never their concatenation) and the pre-activation only for
-        gelu, gelu_tanh and silu.
+        ``[*, N]``. Differentiable (once: a second derivative raises) with respect to every
+        input, ``weight`` and ``bias``; the backward keeps the inputs (never their concatenation)
+        and the pre-activation only for gelu, gelu_tanh and silu.
     """
     check_activation(activation)
     if isinstance(inputs, torch.Tensor) or not isinstance(inputs, Sequence):

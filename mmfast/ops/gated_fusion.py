@@ -38,7 +38,8 @@ def gated_fusion(
         bias: ``[D]`` / ``[M*D]``, or None.
 
     Returns:
-        ``[*, D]``, differentiable with respect to every input, ``weight`` and ``bias``.
+        ``[*, D]``, differentiable (once: a second derivative raises) with respect to every
+        input, ``weight`` and ``bias``.
     """
     tensors = as_list(inputs, "inputs")
     device = first_device(tensors)
