@@ -135,8 +135,32 @@ def test_verbose_gemm_choice_reports_each_candidate_time():
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    choice = re.search(r"GEMM site 0, m=8 n=4 k=8 Float variant \d+: (.*) -> (\w+)", result.stderr)
+    choice = re.search(
+        r"GEMM site 0, m=8 n=4 k=8 \(size class 8 4 8\) Float variant \d+: (.*) -> (\w+)", result.stderr
+    )
     assert choice is not None, result.stderr[-2000:]
     timed = dict(re.findall(r"(\w+)=([0-9.]+)us", choice.group(1)))
     assert "aten" in timed and all(float(t) > 0 for t in timed.values())
     assert choice.group(2) in timed
+
+
+def test_gemm_choice_is_shared_by_a_size_class_of_rows():
+    """Row counts vary from call to call ([B, T, D] with varying T): one timing per size class
+    (exact up to 16 rows, then powers of two), not per row count."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from mmfast.ops import concat_linear
+        w, b = torch.randn(4, 8), torch.randn(4)
+        for rows in [3, 4, *range(17, 33), 33, 64]:
+            concat_linear([torch.randn(rows, 5), torch.randn(rows, 3)], w, b, "relu")
+        """
+    )
+    env = {**os.environ, "MMFAST_CPU_GEMM_VERBOSE": "1"}
+    env.pop("MMFAST_CPU_GEMM", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    classes = re.findall(r"GEMM site 0, m=(\d+) n=4 k=8 \(size class (\d+) 4 8\)", result.stderr)
+    assert classes == [("3", "3"), ("4", "4"), ("17", "32"), ("33", "64")], result.stderr[-2000:]

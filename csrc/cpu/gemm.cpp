@@ -71,6 +71,32 @@ bool verbose() {
   return value;
 }
 
+// Sizes up to this are tuned exactly: small GEMMs change engine quickly with size, and the
+// candidate set itself depends on the row count there (segment_gemv).
+constexpr int64_t kExactTuningSize = 16;
+
+// The size class a tuning decision is shared by: exact up to kExactTuningSize, then powers of two.
+// Rows vary from call to call ([B, T, D] inputs with a varying T, a smaller last batch); timing
+// every candidate for each new row count would cost tens of op calls each time.
+int64_t size_class(int64_t size) {
+  if (size <= kExactTuningSize) {
+    return size;
+  }
+  int64_t bound = kExactTuningSize;
+  while (bound < size) {
+    bound *= 2;
+  }
+  return bound;
+}
+
+TuneKey size_classes_of(const TuneKey& key) {
+  TuneKey classes = key;
+  classes.m = size_class(key.m);
+  classes.n = size_class(key.n);
+  classes.k = size_class(key.k);
+  return classes;
+}
+
 bool is_onednn(const GemmCandidate& candidate) { return std::string(candidate.name) == "onednn"; }
 
 double time_once(const std::function<at::Tensor()>& candidate) {
@@ -132,8 +158,9 @@ at::Tensor float32_linear(const at::Tensor& x, const at::Tensor& w, const std::o
   return aten_linear(x.to(at::kFloat), w.to(at::kFloat), bias32, act).to(x.scalar_type());
 }
 
-at::Tensor run_fastest(const TuneKey& key, const std::vector<GemmCandidate>& candidates) {
+at::Tensor run_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate>& candidates) {
   TORCH_INTERNAL_ASSERT(!candidates.empty());
+  const TuneKey key = size_classes_of(shape_key);
   const bool onednn_ok = onednn_supports(key.dtype);
   if (!forced_candidate().empty()) {
     for (const auto& candidate : candidates) {
@@ -195,17 +222,19 @@ at::Tensor run_fastest(const TuneKey& key, const std::vector<GemmCandidate>& can
         timings += " " + std::string(candidates[i].name) + "=" + std::to_string(best_times[i] * 1e6) + "us";
       }
     }
-    std::fprintf(stderr, "mmfast: GEMM site %d, m=%lld n=%lld k=%lld %s variant %d:%s -> %s\n",
-                 static_cast<int>(key.site), static_cast<long long>(key.m), static_cast<long long>(key.n),
-                 static_cast<long long>(key.k), c10::toString(key.dtype), key.variant, timings.c_str(),
-                 candidates[best].name);
+    std::fprintf(stderr,
+                 "mmfast: GEMM site %d, m=%lld n=%lld k=%lld (size class %lld %lld %lld) %s variant %d:%s -> %s\n",
+                 static_cast<int>(key.site), static_cast<long long>(shape_key.m),
+                 static_cast<long long>(shape_key.n), static_cast<long long>(shape_key.k),
+                 static_cast<long long>(key.m), static_cast<long long>(key.n), static_cast<long long>(key.k),
+                 c10::toString(key.dtype), key.variant, timings.c_str(), candidates[best].name);
   }
   {
     std::lock_guard<std::mutex> lock(tune_mutex);
     if (tune_cache().size() >= kMaxTunedShapes) {
       tune_cache().clear();
     }
-    tune_cache().emplace(key, candidates[best].name);
+    tune_cache().insert_or_assign(key, candidates[best].name);
   }
   return candidates[best].run();
 }

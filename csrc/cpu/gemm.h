@@ -1,6 +1,6 @@
 // The CPU GEMMs of mmfast: ATen (MKL / oneDNN as ATen chooses) or oneDNN's matmul with fused
 // bias and activation post-ops (PyTorch's `mkldnn::_linear_pointwise`), whichever is faster for
-// the shape, measured at first use and remembered.
+// the shape, measured at first use of a size class and remembered.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -45,10 +45,11 @@ struct GemmCandidate {
 };
 
 // Runs the fastest of `candidates` for `key`. Candidate 0 must always be valid (the plain ATen
-// path). On the first call for a key each candidate is timed (one that throws is skipped, and
-// oneDNN candidates are skipped for dtypes oneDNN cannot run); `MMFAST_CPU_GEMM=<name>` forces a
-// candidate by name where it is offered; `MMFAST_CPU_GEMM_VERBOSE=1` prints each choice made with
-// every candidate's best time.
+// path). Decisions are shared by a size class (m, n and k exact up to 16, then rounded up to a
+// power of two). On the first call for a size class each candidate is timed (one that throws is
+// skipped, and oneDNN candidates are skipped for dtypes oneDNN cannot run);
+// `MMFAST_CPU_GEMM=<name>` forces a candidate by name where it is offered;
+// `MMFAST_CPU_GEMM_VERBOSE=1` prints each choice made with every candidate's best time.
 at::Tensor run_fastest(const TuneKey& key, const std::vector<GemmCandidate>& candidates);
 
 // Whether oneDNN's linear can run `dtype` on this machine and build.
