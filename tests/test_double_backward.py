@@ -16,22 +16,25 @@ BACKWARD_OPS = {
 }
 
 
-@pytest.mark.parametrize("op", CASES)
-def test_second_derivative_raises_naming_the_backward_op(op):
+def _gradients_with_graph(op):
+    """The op's problem, its leaves, and the gradients of a loss on its output with create_graph=True."""
     make_args, fn, _ = CASES[op]
     args = make_args(True)
     leaves = leaves_of(args)
-    grads = torch.autograd.grad(fn(*args).square().sum(), leaves, create_graph=True)
+    return args, leaves, torch.autograd.grad(fn(*args).square().sum(), leaves, create_graph=True)
+
+
+@pytest.mark.parametrize("op", CASES)
+def test_second_derivative_raises_naming_the_backward_op(op):
+    _, leaves, grads = _gradients_with_graph(op)
     with pytest.raises(RuntimeError, match=f"derivative for {BACKWARD_OPS[op]} is not implemented"):
         torch.autograd.grad(sum(g.sum() for g in grads), leaves, allow_unused=True)
 
 
 @pytest.mark.parametrize("op", CASES)
 def test_create_graph_alone_gives_the_reference_gradients(op):
-    make_args, fn, reference = CASES[op]
-    args = make_args(True)
-    leaves = leaves_of(args)
-    got = torch.autograd.grad(fn(*args).square().sum(), leaves, create_graph=True)
+    args, leaves, got = _gradients_with_graph(op)
+    reference = CASES[op][2]
     want = torch.autograd.grad(reference(*args).square().sum(), leaves)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
