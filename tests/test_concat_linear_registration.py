@@ -164,3 +164,29 @@ def test_gemm_choice_is_shared_by_a_size_class_of_rows():
     assert result.returncode == 0, result.stderr[-2000:]
     classes = re.findall(r"GEMM site 0, m=(\d+) n=4 k=8 \(size class (\d+) 4 8\)", result.stderr)
     assert classes == [("3", "3"), ("4", "4"), ("17", "32"), ("33", "64")], result.stderr[-2000:]
+
+
+def test_deterministic_algorithms_take_the_plain_aten_path_without_timing():
+    """Timed GEMM choices can differ between processes and round differently; with
+    torch.use_deterministic_algorithms(True) every call runs ATen's GEMM, untimed."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from mmfast.ops import concat_linear
+        torch.use_deterministic_algorithms(True)
+        torch.manual_seed(0)
+        xs = [torch.randn(64, 128), torch.randn(64, 128)]
+        w, b = torch.randn(128, 256), torch.randn(128)
+        got = concat_linear(xs, w, b, "relu")
+        want = torch.relu(torch.addmm(b, torch.cat(xs, 1), w.t()))
+        print(torch.equal(got, want))
+        """
+    )
+    env = {**os.environ, "MMFAST_CPU_GEMM_VERBOSE": "1"}
+    env.pop("MMFAST_CPU_GEMM", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "True"
+    assert "GEMM site" not in result.stderr

@@ -160,6 +160,11 @@ at::Tensor float32_linear(const at::Tensor& x, const at::Tensor& w, const std::o
 
 at::Tensor run_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate>& candidates) {
   TORCH_INTERNAL_ASSERT(!candidates.empty());
+  // A timed choice can differ between processes, and the candidates round differently; under
+  // torch.use_deterministic_algorithms(True) every call takes the plain ATen path instead.
+  if (at::globalContext().deterministicAlgorithms()) {
+    return candidates[0].run();
+  }
   const TuneKey key = size_classes_of(shape_key);
   const bool onednn_ok = onednn_supports(key.dtype);
   if (!forced_candidate().empty()) {

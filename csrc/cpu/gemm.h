@@ -49,7 +49,9 @@ struct GemmCandidate {
 // power of two). On the first call for a size class each candidate is timed (one that throws is
 // skipped, and oneDNN candidates are skipped for dtypes oneDNN cannot run);
 // `MMFAST_CPU_GEMM=<name>` forces a candidate by name where it is offered;
-// `MMFAST_CPU_GEMM_VERBOSE=1` prints each choice made with every candidate's best time.
+// `MMFAST_CPU_GEMM_VERBOSE=1` prints each choice made with every candidate's best time. Under
+// torch.use_deterministic_algorithms(True) candidate 0 always runs: timed choices can differ
+// between processes, and the candidates' results differ in rounding.
 at::Tensor run_fastest(const TuneKey& key, const std::vector<GemmCandidate>& candidates);
 
 // Whether oneDNN's linear can run `dtype` on this machine and build.
