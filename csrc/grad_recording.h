@@ -1,4 +1,5 @@
-// Whether autograd records a call: grad mode is on and some argument requires a gradient.
+// Whether autograd records a call: reverse mode (grad mode on and some argument requires a
+// gradient) or forward mode (some argument carries a tangent).
 //
 // The autograd kernels skip torch::autograd::Function for a call it would not record: its
 // context, saved data (string-keyed) and node cost microseconds, which matter at batch 1 in
@@ -13,15 +14,20 @@
 
 namespace mmfast {
 
-inline bool requires_grad_of(const at::Tensor& tensor) { return tensor.defined() && tensor.requires_grad(); }
-
-inline bool requires_grad_of(const std::optional<at::Tensor>& tensor) {
-  return tensor.has_value() && requires_grad_of(*tensor);
+template <typename Predicate>
+bool any_tensor(const Predicate& predicate, const at::Tensor& tensor) {
+  return tensor.defined() && predicate(tensor);
 }
 
-inline bool requires_grad_of(at::TensorList tensors) {
+template <typename Predicate>
+bool any_tensor(const Predicate& predicate, const std::optional<at::Tensor>& tensor) {
+  return tensor.has_value() && any_tensor(predicate, *tensor);
+}
+
+template <typename Predicate>
+bool any_tensor(const Predicate& predicate, at::TensorList tensors) {
   for (const auto& tensor : tensors) {
-    if (requires_grad_of(tensor)) {
+    if (any_tensor(predicate, tensor)) {
       return true;
     }
   }
@@ -30,7 +36,13 @@ inline bool requires_grad_of(at::TensorList tensors) {
 
 template <typename... Args>
 bool autograd_records(const Args&... args) {
-  return c10::GradMode::is_enabled() && (requires_grad_of(args) || ...);
+  const auto requires_grad = [](const at::Tensor& tensor) { return tensor.requires_grad(); };
+  // Forward-mode AD (dual tensors, torch.func.jvp) runs whatever the grad mode, and its outermost
+  // level is 0. The autograd Functions reject it with a clear error; skipping them would silently
+  // drop the tangents.
+  const auto has_tangent = [](const at::Tensor& tensor) { return tensor._fw_grad(/*level=*/0).defined(); };
+  return (c10::GradMode::is_enabled() && (any_tensor(requires_grad, args) || ...)) ||
+         (any_tensor(has_tangent, args) || ...);
 }
 
 // Runs `call` (a dispatcher call of a backward op) past the autograd keys when grad mode is off,
