@@ -54,6 +54,10 @@ def test_forward_accepts_tensors_or_one_list_and_checks_them():
         layer(x1)
     with pytest.raises(ValueError, match=r"inputs\[1\]: expected last dim 2"):
         layer(x1, torch.randn(6, 3))
+    with pytest.raises(ValueError, match=r"inputs\[1\]: expected last dim 2, got shape \[\]"):
+        layer(x1, torch.tensor(1.0))
+    with pytest.raises(TypeError, match=r"inputs\[0\]: expected a tensor, got list"):
+        layer([[1.0, 2.0, 3.0]], x2)
 
 
 def test_repr_and_constructor_checks():

@@ -73,7 +73,9 @@ class ConcatLinear(nn.Module):
         if len(inputs) != len(self.in_features):
             raise ValueError(f"inputs: expected {len(self.in_features)} tensors, got {len(inputs)}")
         for i, (x, size) in enumerate(zip(inputs, self.in_features)):
-            if x.shape[-1] != size:
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"inputs[{i}]: expected a tensor, got {type(x).__name__}")
+            if x.dim() == 0 or x.shape[-1] != size:
                 raise ValueError(f"inputs[{i}]: expected last dim {size}, got shape {list(x.shape)}")
         return concat_linear(inputs, self.weight, self.bias, self.activation)
 
