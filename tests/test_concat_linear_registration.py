@@ -120,6 +120,18 @@ def test_both_cpu_gemm_engines_match_reference(engine):
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
+def _run_with_verbose_gemm_choices(script: str) -> subprocess.CompletedProcess:
+    """Runs `script` in a fresh process (an empty tuning cache) that prints each GEMM choice, with no
+    engine forced; fails unless it exits cleanly."""
+    env = {**os.environ, "MMFAST_CPU_GEMM_VERBOSE": "1"}
+    env.pop("MMFAST_CPU_GEMM", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 def test_verbose_gemm_choice_reports_each_candidate_time():
     script = textwrap.dedent(
         """
@@ -129,12 +141,7 @@ def test_verbose_gemm_choice_reports_each_candidate_time():
         concat_linear(xs, torch.randn(4, 8), torch.randn(4), "relu")
         """
     )
-    env = {**os.environ, "MMFAST_CPU_GEMM_VERBOSE": "1"}
-    env.pop("MMFAST_CPU_GEMM", None)
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = _run_with_verbose_gemm_choices(script)
     choice = re.search(
         r"GEMM site 0, m=8 n=4 k=8 \(size class 8 4 8\) Float variant \d+: (.*) -> (\w+)", result.stderr
     )
@@ -156,12 +163,7 @@ def test_gemm_choice_is_shared_by_a_size_class_of_rows():
             concat_linear([torch.randn(rows, 5), torch.randn(rows, 3)], w, b, "relu")
         """
     )
-    env = {**os.environ, "MMFAST_CPU_GEMM_VERBOSE": "1"}
-    env.pop("MMFAST_CPU_GEMM", None)
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = _run_with_verbose_gemm_choices(script)
     classes = re.findall(r"GEMM site 0, m=(\d+) n=4 k=8 \(size class (\d+) 4 8\)", result.stderr)
     assert classes == [("3", "3"), ("4", "4"), ("17", "32"), ("33", "64")], result.stderr[-2000:]
 
@@ -182,11 +184,6 @@ def test_deterministic_algorithms_take_the_plain_aten_path_without_timing():
         print(torch.equal(got, want))
         """
     )
-    env = {**os.environ, "MMFAST_CPU_GEMM_VERBOSE": "1"}
-    env.pop("MMFAST_CPU_GEMM", None)
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = _run_with_verbose_gemm_choices(script)
     assert result.stdout.strip() == "True"
     assert "GEMM site" not in result.stderr
