@@ -1,6 +1,6 @@
 """Build of mmfast's C++ (and, on CUDA machines, CUDA) extension `mmfast._C`.
 
-The CPU extension is always built. The CUDA sources (`csrc/cuda/*.cpp`, `kernels/*.cu`) are
+The CPU extension is always built. The CUDA sources (`csrc/**/*_cuda.cpp`, `kernels/*.cu`) are
 added when PyTorch was built with CUDA or `FORCE_CUDA=1`; `TORCH_CUDA_ARCH_LIST` then defaults to
 "8.0;8.6;9.0" because PyTorch's own arch detection fails on a machine with no visible GPU.
 
@@ -56,7 +56,11 @@ def cpu_flags() -> list[str]:
 
 def build_plan() -> dict:
     """What `mmfast._C` is built from and how, as plain data (also printed by --print-config)."""
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    # csrc/module.cpp, the shared engine (csrc/engine/) and one folder per op (csrc/ops/<op>/);
+    # files ending in _cuda.cpp are CUDA glue, built only into the CUDA extension.
+    all_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+    sources = [s for s in all_sources if not s.endswith("_cuda.cpp")]
+    cuda_glue = [s for s in all_sources if s.endswith("_cuda.cpp")]
     plan = {
         "extension": "CppExtension",
         "sources": sources,
@@ -69,7 +73,7 @@ def build_plan() -> dict:
     if build_with_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         plan["extension"] = "CUDAExtension"
-        plan["sources"] = sources + sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("kernels/*.cu"))
+        plan["sources"] = sources + cuda_glue + sorted(glob.glob("kernels/*.cu"))
         plan["extra_compile_args"]["cxx"].append("-DMMFAST_WITH_CUDA")
         plan["extra_compile_args"]["nvcc"] = ["-O3", "-DMMFAST_WITH_CUDA", "--use_fast_math", "-lineinfo"]
         plan["cuda_arch_list"] = os.environ["TORCH_CUDA_ARCH_LIST"]

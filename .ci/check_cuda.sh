@@ -29,7 +29,7 @@ done
 
 torch_includes=$("$PYTHON" -c "from torch.utils.cpp_extension import include_paths; print(' '.join('-I' + p for p in include_paths()))")
 python_include=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
-for file in csrc/cuda/*.cpp; do
+for file in $(find csrc -name "*_cuda.cpp" | sort); do
   if grep -qE '#include <(ATen/cuda|c10/cuda)/' "$file"; then
     echo "skip $file (needs PyTorch's CUDA headers; built only with CUDA PyTorch)"
     continue

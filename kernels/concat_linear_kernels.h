@@ -1,5 +1,5 @@
 // C launcher API of the concat_linear CUDA kernels. No PyTorch types: the PyTorch glue
-// (csrc/cuda/concat_linear_cuda.cpp) passes raw pointers and the stream to launch on.
+// (csrc/ops/concat_linear/concat_linear_cuda.cpp) passes raw pointers and the stream to launch on.
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -143,7 +143,7 @@ def test_verbose_gemm_choice_reports_each_candidate_time():
     )
     result = _run_with_verbose_gemm_choices(script)
     choice = re.search(
-        r"GEMM site 0, m=8 n=4 k=8 \(size class 8 4 8\) Float variant \d+: (.*) -> (\w+)", result.stderr
+        r"GEMM site concat_linear.forward, m=8 n=4 k=8 \(size class 8 4 8\) Float variant \d+: (.*) -> (\w+)", result.stderr
     )
     assert choice is not None, result.stderr[-2000:]
     timed = dict(re.findall(r"(\w+)=([0-9.]+)us", choice.group(1)))
@@ -164,7 +164,7 @@ def test_gemm_choice_is_shared_by_a_size_class_of_rows():
         """
     )
     result = _run_with_verbose_gemm_choices(script)
-    classes = re.findall(r"GEMM site 0, m=(\d+) n=4 k=8 \(size class (\d+) 4 8\)", result.stderr)
+    classes = re.findall(r"GEMM site concat_linear.forward, m=(\d+) n=4 k=8 \(size class (\d+) 4 8\)", result.stderr)
     assert classes == [("3", "3"), ("4", "4"), ("17", "32"), ("33", "64")], result.stderr[-2000:]
 
 

@@ -37,8 +37,11 @@ def _print_config(**env: str) -> dict:
 def test_default_build_is_the_cpu_extension():
     config = _print_config()
     assert config["extension"] == "CppExtension"
-    assert not any(s.endswith(".cu") or s.startswith("csrc/cuda/") for s in config["sources"])
-    assert "csrc/registration.cpp" in config["sources"]
+    assert not any(s.endswith((".cu", "_cuda.cpp")) for s in config["sources"])
+    assert "csrc/module.cpp" in config["sources"]
+    # Every op folder's schema file and CPU kernel are built.
+    for op_dir in (REPO / "csrc" / "ops").iterdir():
+        assert f"csrc/ops/{op_dir.name}/{op_dir.name}.cpp" in config["sources"]
     assert "nvcc" not in config["extra_compile_args"]
     assert config["install_requires_torch"] == f"torch=={torch.__version__.split('+')[0]}"
 
@@ -47,8 +50,8 @@ def test_force_cuda_builds_the_cuda_extension_for_each_listed_arch():
     config = _print_config(FORCE_CUDA="1", TORCH_CUDA_ARCH_LIST="8.0;9.0")
     assert config["extension"] == "CUDAExtension"
     kernels = sorted(str(p.relative_to(REPO)) for p in (REPO / "kernels").glob("*.cu"))
-    glue = sorted(str(p.relative_to(REPO)) for p in (REPO / "csrc" / "cuda").glob("*.cpp"))
-    assert kernels and set(kernels + glue) <= set(config["sources"])
+    glue = sorted(str(p.relative_to(REPO)) for p in (REPO / "csrc").rglob("*_cuda.cpp"))
+    assert kernels and glue and set(kernels + glue) <= set(config["sources"])
     assert config["cuda_arch_list"] == "8.0;9.0"
     assert config["nvcc_gencode_flags"] == [
         "-gencode=arch=compute_80,code=sm_80",

@@ -1,4 +1,4 @@
-#include "cpu/segment_gemv.h"
+#include "engine/segment_gemv.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -10,8 +10,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "cpu/compute_type.h"
-#include "fusion_checks.h"
+#include "engine/compute_type.h"
+#include "engine/checks.h"
 
 namespace mmfast::cpu {
 namespace {
@@ -71,7 +71,7 @@ at::Tensor segment_gemv(at::TensorList x_segments, at::TensorList w_segments, co
   const int64_t rows = x_segments[0].size(0);
   const int64_t out_features = w_segments[0].size(0);
   const bool has_bias = bias.has_value() && bias->defined();
-  TORCH_INTERNAL_ASSERT(rows <= kMaxSegmentGemvRows && count <= kMaxFusionInputs &&
+  TORCH_INTERNAL_ASSERT(rows <= kMaxSegmentGemvRows && count <= kMaxSegments &&
                         static_cast<int64_t>(w_segments.size()) == count);
   TORCH_INTERNAL_ASSERT(mixed_biases.empty() ||
                         (static_cast<int64_t>(mixed_biases.size()) == count && coef.is_contiguous()));
@@ -103,10 +103,10 @@ at::Tensor segment_gemv(at::TensorList x_segments, at::TensorList w_segments, co
   const int64_t grain = std::max<int64_t>(1, kTaskWork / std::max<int64_t>(rows * in_features, 1));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "mmfast_segment_gemv", [&] {
     using acc_t = compute_t<scalar_t>;
-    const scalar_t* w_data[kMaxFusionInputs];
-    int64_t w_stride[kMaxFusionInputs];
-    int64_t widths[kMaxFusionInputs];
-    const scalar_t* mixed_data[kMaxFusionInputs];
+    const scalar_t* w_data[kMaxSegments];
+    int64_t w_stride[kMaxSegments];
+    int64_t widths[kMaxSegments];
+    const scalar_t* mixed_data[kMaxSegments];
     for (int64_t m = 0; m < count; ++m) {
       w_data[m] = w[m].const_data_ptr<scalar_t>();
       w_stride[m] = w[m].stride(0);

@@ -1,4 +1,4 @@
-#include "cpu/gemm.h"
+#include "engine/gemm.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -10,15 +10,16 @@
 #include <limits>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
-#include "cpu/activation_kernels.h"
+#include "engine/activation_kernels.h"
 
 namespace mmfast::cpu {
 
 bool TuneKey::operator==(const TuneKey& other) const {
-  return site == other.site && m == other.m && n == other.n && k == other.k && dtype == other.dtype &&
+  return std::string_view(site.name) == other.site.name && m == other.m && n == other.n && k == other.k && dtype == other.dtype &&
          variant == other.variant;
 }
 
@@ -26,8 +27,8 @@ namespace {
 
 struct TuneKeyHash {
   size_t operator()(const TuneKey& key) const {
-    size_t h = std::hash<int64_t>()(key.m);
-    for (int64_t v : {static_cast<int64_t>(key.site), key.n, key.k, static_cast<int64_t>(key.dtype),
+    size_t h = std::hash<std::string_view>()(key.site.name) ^ std::hash<int64_t>()(key.m);
+    for (int64_t v : {key.n, key.k, static_cast<int64_t>(key.dtype),
                       static_cast<int64_t>(key.variant)}) {
       h = h * 1000003u ^ std::hash<int64_t>()(v);
     }
@@ -228,8 +229,8 @@ at::Tensor run_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate
       }
     }
     std::fprintf(stderr,
-                 "mmfast: GEMM site %d, m=%lld n=%lld k=%lld (size class %lld %lld %lld) %s variant %d:%s -> %s\n",
-                 static_cast<int>(key.site), static_cast<long long>(shape_key.m),
+                 "mmfast: GEMM site %s, m=%lld n=%lld k=%lld (size class %lld %lld %lld) %s variant %d:%s -> %s\n",
+                 key.site.name, static_cast<long long>(shape_key.m),
                  static_cast<long long>(shape_key.n), static_cast<long long>(shape_key.k),
                  static_cast<long long>(key.m), static_cast<long long>(key.n), static_cast<long long>(key.k),
                  c10::toString(key.dtype), key.variant, timings.c_str(), candidates[best].name);

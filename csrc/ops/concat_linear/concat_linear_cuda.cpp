@@ -13,10 +13,10 @@
 #include <tuple>
 #include <vector>
 
-#include "activation_names.h"
-#include "concat_linear_checks.h"
+#include "engine/activation_names.h"
+#include "ops/concat_linear/concat_linear.h"
 #include "concat_linear_kernels.h"
-#include "cuda/cuda_stream.h"
+#include "engine/cuda_stream.h"
 
 namespace mmfast::cuda {
 namespace {

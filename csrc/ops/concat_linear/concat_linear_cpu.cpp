@@ -13,10 +13,10 @@
 #include <tuple>
 #include <vector>
 
-#include "activation_names.h"
-#include "concat_linear_checks.h"
-#include "cpu/activation_kernels.h"
-#include "cpu/segment_linear.h"
+#include "engine/activation_names.h"
+#include "ops/concat_linear/concat_linear.h"
+#include "engine/activation_kernels.h"
+#include "engine/segment_linear.h"
 
 namespace mmfast::cpu {
 namespace {
@@ -35,10 +35,10 @@ std::tuple<at::Tensor, at::Tensor> concat_linear_forward_cpu(at::TensorList inpu
   }
   const at::Tensor w = weight.contiguous();
   if (!keep_preactivation) {
-    at::Tensor out = segments_linear(GemmSite::kConcatLinearForward, inputs, w, bias, act, shape.rows, shape.in_features);
+    at::Tensor out = segments_linear(GemmSite{"concat_linear.forward"}, inputs, w, bias, act, shape.rows, shape.in_features);
     return {out.view(shape.output_sizes), at::empty({0}, options)};
   }
-  at::Tensor pre = segments_linear(GemmSite::kConcatLinearForward, inputs, w, bias, Activation::kNone, shape.rows,
+  at::Tensor pre = segments_linear(GemmSite{"concat_linear.forward"}, inputs, w, bias, Activation::kNone, shape.rows,
                                    shape.in_features);
   at::Tensor out = at::empty_like(pre);
   activation_forward(pre, out, act);
@@ -72,14 +72,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> concat_linear_backward_cpu(
   at::Tensor grad_input = at::empty({0}, options);
   if (output_mask[0]) {
     grad_input = rows == 0 ? at::empty(input_sizes, options)
-                           : linear_on_fastest_engine(GemmSite::kConcatLinearGradInput, grad_pre, weight.t(),
+                           : linear_on_fastest_engine(GemmSite{"concat_linear.grad_input"}, grad_pre, weight.t(),
                                                       std::nullopt, Activation::kNone)
                                  .view(input_sizes);
   }
   at::Tensor grad_weight = at::empty({0}, options);
   if (output_mask[1]) {
     grad_weight = rows == 0 ? at::zeros({out_features, in_features}, options)
-                            : segments_grad_weight(GemmSite::kConcatLinearGradWeight, grad_pre, inputs, rows, in_features);
+                            : segments_grad_weight(GemmSite{"concat_linear.grad_weight"}, grad_pre, inputs, rows, in_features);
   }
   return {grad_input, grad_weight, grad_bias};
 }

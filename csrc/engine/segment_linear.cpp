@@ -1,12 +1,12 @@
-#include "cpu/segment_linear.h"
+#include "engine/segment_linear.h"
 
 #include <ATen/ATen.h>
 
 #include <vector>
 
-#include "cpu/activation_kernels.h"
-#include "cpu/segment_gemv.h"
-#include "cpu/segments.h"
+#include "engine/activation_kernels.h"
+#include "engine/segment_gemv.h"
+#include "engine/segments.h"
 
 namespace mmfast::cpu {
 namespace {

@@ -1,4 +1,4 @@
-#include "cpu/segments.h"
+#include "engine/segments.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

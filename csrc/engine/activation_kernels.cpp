@@ -1,6 +1,6 @@
-#include "cpu/activation_kernels.h"
+#include "engine/activation_kernels.h"
 
-#include "cpu/compute_type.h"
+#include "engine/compute_type.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

@@ -1,4 +1,4 @@
-// attention_fusion on the CPU (definition: mmfast/ops/fusion_reference.py).
+// attention_fusion on the CPU (definition: mmfast/ops/attention_fusion.py).
 //
 // Forward: one GEMM over the never-built concatenation gives the M scores of each row; one
 // vectorized, parallel pass takes their softmax w and writes the inputs scaled by it, w_m * x_m,
@@ -19,11 +19,11 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/compute_type.h"
-#include "cpu/segment_gemv.h"
-#include "cpu/segment_linear.h"
-#include "cpu/segments.h"
-#include "fusion_checks.h"
+#include "engine/compute_type.h"
+#include "engine/segment_gemv.h"
+#include "engine/segment_linear.h"
+#include "engine/segments.h"
+#include "ops/attention_fusion/attention_fusion.h"
 
 namespace mmfast::cpu {
 namespace {
@@ -105,7 +105,7 @@ void softmax_and_scale(const at::Tensor& scores, const std::vector<at::Tensor>& 
     scalar_t* score_data = scores.mutable_data_ptr<scalar_t>();
     scalar_t* scaled_data = scaled.defined() ? scaled.mutable_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, rows, row_grain(in_features + count), [&](int64_t begin, int64_t end) {
-      acc_t weights[kMaxFusionInputs];
+      acc_t weights[kMaxSegments];
       for (int64_t r = begin; r < end; ++r) {
         scalar_t* row = score_data + r * count;
         if (normalize) {
@@ -155,7 +155,7 @@ at::Tensor project(const at::Tensor& scaled, const at::Tensor& weights, at::Tens
     }
     return out;
   };
-  const TuneKey key{GemmSite::kAttentionFusionProjection, shape.rows, shape.out_dim, shape.in_features,
+  const TuneKey key{GemmSite{"attention_fusion.projection"}, shape.rows, shape.out_dim, shape.in_features,
                     scaled.scalar_type(), static_cast<int>(shape.count) * 2 + static_cast<int>(has_bias)};
   std::vector<GemmCandidate> candidates = {
       {"aten", [&] {
@@ -212,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fusion_forward_cpu(at::TensorList i
   if (shape.rows == 0) {
     return {at::empty(shape.output_sizes, options), at::empty(shape.weights_sizes, options)};
   }
-  at::Tensor weights = segments_linear(GemmSite::kAttentionFusionScores, inputs, score_weight.contiguous(), score_bias,
+  at::Tensor weights = segments_linear(GemmSite{"attention_fusion.scores"}, inputs, score_weight.contiguous(), score_bias,
                                        Activation::kNone, shape.rows, shape.in_features)
                            .contiguous();
   const at::Tensor scaled =
@@ -283,7 +283,7 @@ attention_fusion_backward_cpu(const at::Tensor& grad_output, const std::optional
     int64_t offset = 0;
     for (int64_t m = 0; m < shape.count; ++m) {
       at::Tensor segment = projected_grad.narrow(1, offset, shape.segment_sizes[m]);
-      matmul_into(GemmSite::kAttentionFusionGradInput, segment, dout, proj_weights[m]);
+      matmul_into(GemmSite{"attention_fusion.grad_input"}, segment, dout, proj_weights[m]);
       offset += shape.segment_sizes[m];
     }
     // dw starts as dout . p_m plus any gradient reaching the weights output directly.
@@ -301,7 +301,7 @@ attention_fusion_backward_cpu(const at::Tensor& grad_output, const std::optional
       const scalar_t* dw_data = dw.const_data_ptr<scalar_t>();
       scalar_t* ds_data = ds.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, rows, row_grain(2 * shape.in_features), [&](int64_t begin, int64_t end) {
-        acc_t dweight[kMaxFusionInputs];
+        acc_t dweight[kMaxSegments];
         for (int64_t r = begin; r < end; ++r) {
           scalar_t* g_row = g_data + r * shape.in_features;
           acc_t weighted = 0;
@@ -322,12 +322,12 @@ attention_fusion_backward_cpu(const at::Tensor& grad_output, const std::optional
       });
     });
     if (want_input) {
-      add_matmul(GemmSite::kAttentionFusionGradInput, projected_grad, ds, score_weight);
+      add_matmul(GemmSite{"attention_fusion.grad_input"}, projected_grad, ds, score_weight);
       grad_input = projected_grad.view(input_sizes);
     }
     if (want_score_weight) {
       grad_score_weight =
-          segments_grad_weight(GemmSite::kAttentionFusionGradWeight, ds, inputs, rows, shape.in_features);
+          segments_grad_weight(GemmSite{"attention_fusion.grad_score_weight"}, ds, inputs, rows, shape.in_features);
     }
     if (want_score_bias) {
       grad_score_bias = ds.sum(0);
@@ -340,7 +340,7 @@ attention_fusion_backward_cpu(const at::Tensor& grad_output, const std::optional
     softmax_and_scale(w, matrices, scaled, /*normalize=*/false);
     int64_t offset = 0;
     for (int64_t m = 0; m < shape.count; ++m) {
-      grad_proj_weights.push_back(matmul_on_fastest_engine(GemmSite::kAttentionFusionProjectionGradWeight, dout.t(),
+      grad_proj_weights.push_back(matmul_on_fastest_engine(GemmSite{"attention_fusion.grad_proj_weight"}, dout.t(),
                                                            scaled.narrow(1, offset, shape.segment_sizes[m]))
                                       .to(dout.scalar_type()));
       offset += shape.segment_sizes[m];

@@ -1,4 +1,4 @@
-// gated_fusion on the CPU (definition: mmfast/ops/fusion_reference.py).
+// gated_fusion on the CPU (definition: mmfast/ops/gated_fusion.py).
 //
 // Forward: one GEMM over the never-built concatenation gives the gate logits (for two inputs with
 // the sigmoid fused), then one vectorized, parallel pass over the rows turns them into the gates
@@ -18,9 +18,9 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/compute_type.h"
-#include "cpu/segment_linear.h"
-#include "fusion_checks.h"
+#include "engine/compute_type.h"
+#include "engine/segment_linear.h"
+#include "ops/gated_fusion/gated_fusion.h"
 
 namespace mmfast::cpu {
 namespace {
@@ -89,11 +89,11 @@ void softmax_blend(const RowPointers<scalar_t>& xs, scalar_t* gates, scalar_t* o
                    int64_t begin, int64_t end) {
   using acc_t = compute_t<scalar_t>;
   using Vec = Vectorized<acc_t>;
-  alignas(64) acc_t logit_buf[kMaxFusionInputs][kFeatureBlock];
+  alignas(64) acc_t logit_buf[kMaxSegments][kFeatureBlock];
   alignas(64) acc_t x_buf[kFeatureBlock];
   alignas(64) acc_t out_buf[kFeatureBlock];
-  alignas(64) acc_t gate_out_buf[kMaxFusionInputs][kFeatureBlock];
-  const acc_t* logits[kMaxFusionInputs];
+  alignas(64) acc_t gate_out_buf[kMaxSegments][kFeatureBlock];
+  const acc_t* logits[kMaxSegments];
   const Vec floor(static_cast<acc_t>(kMinExpArgument));
   for (int64_t r = begin; r < end; ++r) {
     scalar_t* row_gates = gates + r * count * dim;
@@ -109,7 +109,7 @@ void softmax_blend(const RowPointers<scalar_t>& xs, scalar_t* gates, scalar_t* o
         for (int64_t m = 1; m < count; ++m) {
           top = at::vec::maximum(top, Vec::loadu(logits[m] + i, n));
         }
-        Vec e[kMaxFusionInputs];
+        Vec e[kMaxSegments];
         Vec total(0);
         for (int64_t m = 0; m < count; ++m) {
           e[m] = at::vec::maximum(Vec::loadu(logits[m] + i, n) - top, floor).exp();
@@ -146,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor> gated_fusion_forward_cpu(at::TensorList input
   const bool sigmoid_gate = shape.count == 2;
   // For two inputs the logits come out of the GEMM as the sigmoid gate already.
   at::Tensor gates =
-      segments_linear(GemmSite::kGatedFusionLogits, inputs, weight.contiguous(), bias,
+      segments_linear(GemmSite{"gated_fusion.logits"}, inputs, weight.contiguous(), bias,
                       sigmoid_gate ? Activation::kSigmoid : Activation::kNone, shape.rows, shape.count * shape.dim)
           .contiguous();
   at::Tensor out = at::empty({shape.rows, shape.dim}, options);
@@ -216,15 +216,15 @@ void gate_grad_row_softmax(const scalar_t* dout, const RowPointers<scalar_t>& xs
   using acc_t = compute_t<scalar_t>;
   using Vec = Vectorized<acc_t>;
   alignas(64) acc_t dout_buf[kFeatureBlock], x_buf[kFeatureBlock], a_buf[kFeatureBlock];
-  alignas(64) acc_t dz_buf[kMaxFusionInputs][kFeatureBlock], direct_buf[kMaxFusionInputs][kFeatureBlock];
+  alignas(64) acc_t dz_buf[kMaxSegments][kFeatureBlock], direct_buf[kMaxSegments][kFeatureBlock];
   for (int64_t j0 = 0; j0 < dim; j0 += kFeatureBlock) {
     const int64_t len = std::min(kFeatureBlock, dim - j0);
     const acc_t* go = as_compute(dout + j0, dout_buf, len);
     for (int64_t i = 0; i < len; i += Vec::size()) {
       const int64_t n = std::min<int64_t>(Vec::size(), len - i);
       const Vec dv = Vec::loadu(go + i, n);
-      Vec gate[kMaxFusionInputs];
-      Vec da[kMaxFusionInputs];
+      Vec gate[kMaxSegments];
+      Vec da[kMaxSegments];
       Vec weighted(0);
       for (int64_t m = 0; m < count; ++m) {
         gate[m] = Vec::loadu(as_compute(a + m * dim + j0 + i, a_buf, n), n);
@@ -310,9 +310,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_fusion_backward_cpu(const a
     }
   });
   if (want_input) {
-    add_matmul(GemmSite::kGatedFusionGradInput, grad_input, dz, weight);
+    add_matmul(GemmSite{"gated_fusion.grad_input"}, grad_input, dz, weight);
   }
-  at::Tensor grad_weight = want_weight ? segments_grad_weight(GemmSite::kGatedFusionGradWeight, dz, inputs,
+  at::Tensor grad_weight = want_weight ? segments_grad_weight(GemmSite{"gated_fusion.grad_weight"}, dz, inputs,
                                                               shape.rows, in_features)
                                        : at::empty({0}, options);
   return {want_input ? grad_input.view(input_sizes) : grad_input, grad_weight, grad_bias};

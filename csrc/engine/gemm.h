@@ -14,19 +14,10 @@
 
 namespace mmfast::cpu {
 
-// Which GEMM of which op a tuning decision is for.
-enum class GemmSite : int {
-  kConcatLinearForward = 0,
-  kConcatLinearGradInput = 1,
-  kConcatLinearGradWeight = 2,
-  kGatedFusionLogits = 3,
-  kGatedFusionGradInput = 4,
-  kGatedFusionGradWeight = 5,
-  kAttentionFusionScores = 6,
-  kAttentionFusionProjection = 7,
-  kAttentionFusionGradInput = 8,
-  kAttentionFusionGradWeight = 9,
-  kAttentionFusionProjectionGradWeight = 10,
+// Which GEMM of which op a tuning decision is for, named "<op>.<gemm>" by the op that runs it
+// (for example "concat_linear.forward"): the name keys the decisions and the verbose output.
+struct GemmSite {
+  const char* name;  // a string literal
 };
 
 struct TuneKey {

@@ -8,7 +8,7 @@
 #include <optional>
 
 #include "activation.h"
-#include "cpu/gemm.h"
+#include "engine/gemm.h"
 
 namespace mmfast::cpu {
 

@@ -1,4 +1,4 @@
-#include "cuda/cuda_stream.h"
+#include "engine/cuda_stream.h"
 
 #include <ATen/cuda/CUDAContext.h>
 

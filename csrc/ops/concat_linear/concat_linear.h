@@ -1,4 +1,5 @@
-// Argument checks for concat_linear, shared by the CPU and CUDA implementations.
+// concat_linear's argument checks and problem sizes, shared by its CPU and CUDA kernels
+// (definition: mmfast/ops/concat_linear.py).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -6,12 +7,13 @@
 
 #include <cstdint>
 #include <optional>
-#include <string>
 #include <vector>
+
+#include "engine/checks.h"
 
 namespace mmfast {
 
-constexpr int64_t kMaxConcatInputs = 16;
+constexpr InputLimits kConcatLinearLimits{1, kMaxSegments};
 
 // Problem sizes of one concat_linear call: rows = product of the leading dims.
 struct ConcatLinearShape {
@@ -21,25 +23,6 @@ struct ConcatLinearShape {
   std::vector<int64_t> segment_sizes;
   std::vector<int64_t> output_sizes;  // leading dims + [N]
 };
-
-// "torch.float32" and so on, as Python users spell dtypes.
-std::string dtype_name(at::ScalarType type);
-
-// The sizes of a list of feature segments [*, D_i] sharing leading dims, dtype and device.
-struct SegmentsShape {
-  int64_t rows = 0;  // product of the leading dims
-  int64_t in_features = 0;  // sum of the D_i
-  std::vector<int64_t> segment_sizes;
-  std::vector<int64_t> leading_sizes;
-};
-
-// Checks `count` (min_count..max_count) floating-point tensors of shape [*, D_i] with one dtype,
-// device and leading dims; errors name `argument`[i].
-SegmentsShape check_segments(at::TensorList inputs, const char* argument, int64_t min_count, int64_t max_count);
-
-// Checks that `tensor` (called `argument`) has `like`'s dtype and device and exactly `sizes`.
-void check_parameter(const at::Tensor& tensor, const std::string& argument, const at::Tensor& like,
-                     at::IntArrayRef sizes);
 
 // Raises a ValueError/TypeError naming the offending argument; returns the problem sizes.
 ConcatLinearShape check_concat_linear_args(at::TensorList inputs, const at::Tensor& weight,

@@ -1,19 +1,70 @@
+// attention_fusion: attention over modalities, torchmultimodal's AttentionFusionModule
+// (definition: mmfast/ops/attention_fusion.py). This file holds the op whole but for its
+// kernels: the schemas, the argument checks, the composite entry point, the autocast rule and the
+// autograd formula, the only one: the CPU kernel (attention_fusion_cpu.cpp) and the Triton kernels
+// (mmfast/triton/attention_fusion.py, registered from Python for CUDA, and for every device with
+// MMFAST_BACKEND=triton) share it. The backward is an op of its own so that torch.compile sees it
+// as one node.
+//
 // The autograd formula of mmfast::attention_fusion_forward, for every device. Both outputs are
 // differentiable (the attention weights are returned to users on request). It keeps the inputs,
 // the parameters and the weights; mmfast::attention_fusion_backward computes the gradients.
+#include "ops/attention_fusion/attention_fusion.h"
+
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/util/Exception.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include <array>
 #include <optional>
+#include <string>
 #include <vector>
 
-#include "grad_recording.h"
+#include "engine/autocast.h"
+#include "engine/grad_recording.h"
 
 namespace mmfast {
+
+AttentionFusionShape check_attention_fusion_args(at::TensorList inputs, at::TensorList proj_weights,
+                                                 at::TensorList proj_biases, const at::Tensor& score_weight,
+                                                 const std::optional<at::Tensor>& score_bias) {
+  const SegmentsShape segments = check_segments(inputs, "inputs", kAttentionFusionLimits);
+  AttentionFusionShape shape;
+  shape.count = static_cast<int64_t>(inputs.size());
+  shape.rows = segments.rows;
+  shape.in_features = segments.in_features;
+  shape.segment_sizes = segments.segment_sizes;
+  const at::Tensor& first = inputs[0];
+  TORCH_CHECK_VALUE(static_cast<int64_t>(proj_weights.size()) == shape.count, "proj_weights: expected ",
+                    shape.count, " tensors (one per input), got ", proj_weights.size());
+  TORCH_CHECK_VALUE(proj_weights[0].dim() == 2, "proj_weights[0]: expected shape [D_out, ",
+                    shape.segment_sizes[0], "], got ", proj_weights[0].sizes());
+  shape.out_dim = proj_weights[0].size(0);
+  for (int64_t m = 0; m < shape.count; ++m) {
+    check_parameter(proj_weights[m], "proj_weights[" + std::to_string(m) + "]", first,
+                    {shape.out_dim, shape.segment_sizes[m]});
+  }
+  TORCH_CHECK_VALUE(proj_biases.empty() || static_cast<int64_t>(proj_biases.size()) == shape.count,
+                    "proj_biases: expected None or ", shape.count, " tensors (one per input), got ",
+                    proj_biases.size());
+  for (size_t m = 0; m < proj_biases.size(); ++m) {
+    check_parameter(proj_biases[m], "proj_biases[" + std::to_string(m) + "]", first, {shape.out_dim});
+  }
+  check_parameter(score_weight, "score_weight", first, {shape.count, shape.in_features});
+  if (score_bias.has_value() && score_bias->defined()) {
+    check_parameter(*score_bias, "score_bias", first, {shape.count});
+  }
+  shape.output_sizes = segments.leading_sizes;
+  shape.output_sizes.push_back(shape.out_dim);
+  shape.weights_sizes = segments.leading_sizes;
+  shape.weights_sizes.push_back(shape.count);
+  return shape;
+}
+
 namespace {
 
 using torch::autograd::AutogradContext;
@@ -136,7 +187,62 @@ std::tuple<at::Tensor, at::Tensor> attention_fusion_forward_autograd(at::TensorL
   return {outputs[0], outputs[1]};
 }
 
+
+using Signature = std::tuple<at::Tensor, at::Tensor>(at::TensorList, at::TensorList, at::TensorList,
+                                                     const at::Tensor&, const std::optional<at::Tensor>&);
+
+// The entry point checks the arguments before any kernel runs, whichever device's kernel (C++ or
+// Triton) the forward then reaches.
+std::tuple<at::Tensor, at::Tensor> attention_fusion_composite(at::TensorList inputs, at::TensorList proj_weights,
+                                                              at::TensorList proj_biases,
+                                                              const at::Tensor& score_weight,
+                                                              const std::optional<at::Tensor>& score_bias) {
+  check_attention_fusion_args(inputs, proj_weights, proj_biases, score_weight, score_bias);
+  return forward_op(inputs, proj_weights, proj_biases, score_weight, score_bias);
+}
+
+template <c10::DeviceType device_type>
+std::tuple<at::Tensor, at::Tensor> attention_fusion_autocast(at::TensorList inputs, at::TensorList proj_weights,
+                                                             at::TensorList proj_biases,
+                                                             const at::Tensor& score_weight,
+                                                             const std::optional<at::Tensor>& score_bias) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mmfast::attention_fusion", "").typed<Signature>();
+  return op.call(autocast_all<device_type>(inputs), autocast_all<device_type>(proj_weights),
+                 autocast_all<device_type>(proj_biases), autocast_one<device_type>(score_weight),
+                 autocast_optional<device_type>(score_bias));
+}
+
+const RegisterInputLimits register_limits("attention_fusion", kAttentionFusionLimits);
+
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(mmfast, m) {
+  m.def(
+      "attention_fusion(Tensor[] inputs, Tensor[] proj_weights, Tensor[] proj_biases, Tensor score_weight, "
+      "Tensor? score_bias=None) -> (Tensor output, Tensor weights)");
+  m.def(
+      "attention_fusion_forward(Tensor[] inputs, Tensor[] proj_weights, Tensor[] proj_biases, "
+      "Tensor score_weight, Tensor? score_bias) -> (Tensor output, Tensor weights)");
+  m.def(
+      "attention_fusion_backward(Tensor grad_output, Tensor? grad_weights, Tensor[] inputs, "
+      "Tensor[] proj_weights, Tensor[] proj_biases, Tensor score_weight, Tensor weights, bool[5] output_mask) "
+      "-> (Tensor grad_input, Tensor[] grad_proj_weights, Tensor[] grad_proj_biases, Tensor grad_score_weight, "
+      "Tensor grad_score_bias)");
+}
+
+TORCH_LIBRARY_IMPL(mmfast, CompositeImplicitAutograd, m) {
+  m.impl("attention_fusion", &attention_fusion_composite);
+}
+
+TORCH_LIBRARY_IMPL(mmfast, AutocastCPU, m) {
+  m.impl("attention_fusion", &attention_fusion_autocast<c10::DeviceType::CPU>);
+}
+
+TORCH_LIBRARY_IMPL(mmfast, AutocastCUDA, m) {
+  m.impl("attention_fusion", &attention_fusion_autocast<c10::DeviceType::CUDA>);
+}
 
 TORCH_LIBRARY_IMPL(mmfast, Autograd, m) {
   m.impl("attention_fusion_forward", &attention_fusion_forward_autograd);
