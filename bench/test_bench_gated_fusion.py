@@ -12,7 +12,7 @@ import torch
 from bench.concat_linear_cases import saved_bytes
 from bench.conftest import SAVED_BYTES
 from bench.fusion_cases import DTYPES, SHAPES, cases, make_problem, run_case
-from mmfast.ops.fusion_reference import gated_fusion_reference
+from mmfast.ops import gated_fusion_reference
 from mmfast.ops.gated_fusion import gated_fusion
 
 OP = "gated_fusion"

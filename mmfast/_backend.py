@@ -66,6 +66,8 @@ def _load_extension() -> None:
             return
         except (ImportError, OSError) as error:
             _load_error = f"the compiled extension mmfast._C could not be loaded ({error})"
+    if _REQUESTED == "triton":
+        _load_error += " (MMFAST_BACKEND=triton registers the Triton kernels on the compiled ops)"
     warnings.warn(
         f"mmfast: {_load_error}; every op falls back to its pure-PyTorch reference "
         "(correct, but not fused). Reinstall with `pip install --no-build-isolation -e .` to build it.",
@@ -77,13 +79,6 @@ def _load_extension() -> None:
 def extension_loaded() -> bool:
     """Whether the compiled ops are registered in this process."""
     return _extension_loaded
-
-
-def extension_has_cuda() -> bool:
-    """Whether the compiled extension includes the CUDA kernels."""
-    return _extension_loaded and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "mmfast::concat_linear_forward", "CUDA"
-    )
 
 
 def requested_backend() -> str:

@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(
     """
     import torch
     from mmfast.ops import attention_fusion, gated_fusion
-    from mmfast.ops.fusion_reference import attention_fusion_reference, gated_fusion_reference
+    from mmfast.ops import attention_fusion_reference, gated_fusion_reference
     from tests._fusion_cases import attention_args, detached_copy, gated_args, leaves_of
 
     torch.manual_seed(0)

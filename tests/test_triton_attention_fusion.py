@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from mmfast.ops.fusion_reference import attention_fusion_reference  # noqa: E402
+from mmfast.ops import attention_fusion_reference  # noqa: E402
 from mmfast.triton import _common  # noqa: E402
 from mmfast.triton.attention_fusion import attention_fusion_backward, attention_fusion_forward  # noqa: E402
 

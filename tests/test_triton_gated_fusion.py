@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from mmfast.ops.fusion_reference import gated_fusion_reference  # noqa: E402
+from mmfast.ops import gated_fusion_reference  # noqa: E402
 from mmfast.triton import _common  # noqa: E402
 from mmfast.triton.gated_fusion import gated_fusion_backward, gated_fusion_forward  # noqa: E402
 

@@ -1,22 +1,24 @@
-"""Fused ops. Each is a `torch.library` custom op with a pure-PyTorch reference that defines it."""
+"""Fused ops. Each is a `torch.library` custom op with a pure-PyTorch reference that defines it.
 
-import importlib.util
+Each op module registers its descriptor (`mmfast.ops._registry`); importing them all here, then
+`install()`, registers the fakes and Triton kernels with the dispatcher.
+"""
 
-from mmfast import _backend
-from mmfast.ops import _dispatch
+from mmfast.ops import _dispatch, _registry
 from mmfast.ops.activations import ACTIVATIONS, apply_activation
 from mmfast.ops.attention_fusion import attention_fusion, attention_fusion_reference
 from mmfast.ops.concat_linear import concat_linear, concat_linear_reference
 from mmfast.ops.gated_fusion import gated_fusion, gated_fusion_reference
 
-if _backend.extension_loaded() and importlib.util.find_spec("triton") is not None:
-    # CUDA tensors reach the fusion ops' Triton kernels through the dispatcher; triton itself is
-    # imported on the first such call.
-    from mmfast.ops import _triton_cuda
+_registry.install()
+_dispatch.record_kernels(tuple(op.name for op in _registry.descriptors()))
 
-    _triton_cuda.register()
 
-_dispatch.record_kernels(("concat_linear", "gated_fusion", "attention_fusion"))
+def input_limits(op: str) -> tuple[int, int | None]:
+    """``(fewest, most)`` inputs ``mmfast.ops.<op>`` takes in this process (most None: no limit,
+    as for the pure-PyTorch reference when the compiled extension is not loaded)."""
+    return _registry.descriptor(op).input_limits()
+
 
 __all__ = [
     "ACTIVATIONS",
@@ -27,4 +29,5 @@ __all__ = [
     "concat_linear_reference",
     "gated_fusion",
     "gated_fusion_reference",
+    "input_limits",
 ]

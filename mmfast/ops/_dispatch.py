@@ -1,5 +1,6 @@
-"""Which implementation an op call runs: the compiled kernels, the Triton kernels
-(``MMFAST_BACKEND=triton``, fusion ops only) or the pure-PyTorch reference."""
+"""Which implementation an op call runs: the op's registered kernels (``"compiled"``: C++, CUDA
+C++ or Triton, whichever the dispatcher holds for the device, see `mmfast.ops._registry`) or the
+pure-PyTorch reference."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ import warnings
 import torch
 
 from mmfast import _backend
-
-# Ops that have Triton kernels, which MMFAST_BACKEND=triton runs on any device.
-TRITON_OPS = ("gated_fusion", "attention_fusion")
+from mmfast.ops._registry import DISPATCH_KEYS
 
 _warned: set[tuple[str, str]] = set()
 # Answers of the dispatcher, which do not change once the ops are registered (torch.compile then
@@ -18,11 +17,11 @@ _warned: set[tuple[str, str]] = set()
 _kernel_known: dict[tuple[str, str], bool] = {}
 
 
-def has_compiled_kernel(op: str, device_type: str) -> bool:
+def has_kernel(op: str, device_type: str) -> bool:
     """Whether ``mmfast::<op>_forward`` has a kernel for ``device_type`` in this process."""
     known = _kernel_known.get((op, device_type))
     if known is None:
-        key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+        key = DISPATCH_KEYS.get(device_type)
         known = (
             _backend.extension_loaded()
             and key is not None
@@ -36,18 +35,16 @@ def record_kernels(ops: tuple[str, ...]) -> None:
     """Asks the dispatcher once, at import, about every op and device type, so that calls (and
     torch.compile's tracing of them) only read the answers."""
     for op in ops:
-        for device_type in ("cpu", "cuda"):
-            has_compiled_kernel(op, device_type)
+        for device_type in DISPATCH_KEYS:
+            has_kernel(op, device_type)
 
 
 def implementation(op: str, device: torch.device) -> str:
-    """``"triton"``, ``"compiled"`` or ``"reference"`` for a call of ``op`` on ``device``; warns once
-    per op and device type when the compiled extension is loaded but has no kernel there."""
-    if op in TRITON_OPS and _backend.requested_backend() == "triton":
-        return "triton"
+    """``"compiled"`` or ``"reference"`` for a call of ``op`` on ``device``; warns once per op and
+    device type when the compiled extension is loaded but has no kernel there."""
     if not _backend.extension_loaded():
         return "reference"
-    if has_compiled_kernel(op, device.type):
+    if has_kernel(op, device.type):
         return "compiled"
     if (op, device.type) not in _warned:
         _warned.add((op, device.type))

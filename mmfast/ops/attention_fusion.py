@@ -1,11 +1,12 @@
 """`attention_fusion`: attention over modalities (torchmultimodal's ``AttentionFusionModule``),
 fused, for inputs with any leading dims.
 
-The op is `torch.ops.mmfast.attention_fusion` (schema in C++, `csrc/fusion_registration.cpp`),
-returning the output and the attention weights. It forwards to `mmfast::attention_fusion_forward`:
-C++ kernels on CPU, the Triton kernels on CUDA, the autograd formula in C++; its fake
-implementation and that of `mmfast::attention_fusion_backward` are here. ``MMFAST_BACKEND=triton``
-runs the Triton kernels on any device. Without the compiled extension the reference runs.
+Everything the Python side knows of the op is here: its reference (the definition), its argument
+check (shared by the reference path and the fakes), its fake implementations and its descriptor.
+The op is ``torch.ops.mmfast.attention_fusion``, returning the output and the attention weights;
+its schemas, C++ checks, autograd formula and CPU kernel are in ``csrc/ops/attention_fusion/``, its
+Triton kernels (CUDA, and every device with ``MMFAST_BACKEND=triton``) in
+``mmfast/triton/attention_fusion.py``. Without the compiled extension the reference runs.
 """
 
 from __future__ import annotations
@@ -13,18 +14,65 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
-from mmfast import _backend
-from mmfast.ops import _dispatch
-from mmfast.ops._validation import (
-    as_list,
-    check_attention_fusion_args,
-    first_device,
-    parameter_list,
-)
-from mmfast.ops.fusion_reference import attention_fusion_reference
+from mmfast.ops import _dispatch, _registry
+from mmfast.ops._validation import as_list, check_like, check_tensor_list, first_device, parameter_list
 
 __all__ = ["attention_fusion", "attention_fusion_reference"]
+
+
+def attention_fusion_reference(
+    inputs: Sequence[torch.Tensor],
+    proj_weights: Sequence[torch.Tensor],
+    proj_biases: Sequence[torch.Tensor] | None,
+    score_weight: torch.Tensor,
+    score_bias: torch.Tensor | None = None,
+    return_weights: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The definition of attention fusion in plain PyTorch, as torchmultimodal's
+    ``AttentionFusionModule`` computes it (a loop over modalities, `torch.cat`, `torch.stack`), for
+    any leading dims.
+
+    ``s = cat(x) @ score_weight.T + score_bias`` (``[*, M]``); ``w = softmax(s, -1)``;
+    ``out = sum_m w[..., m] * (x_m @ P_m.T + p_m)`` (``[*, D_out]``). With ``return_weights`` also
+    returns ``w``.
+    """
+    xs = list(inputs)
+    weights = torch.softmax(F.linear(torch.cat(xs, dim=-1), score_weight, score_bias), dim=-1)
+    biases = list(proj_biases) if proj_biases is not None else [None] * len(xs)
+    projected = torch.stack([F.linear(x, p, b) for x, p, b in zip(xs, proj_weights, biases)], dim=-2)
+    out = (weights.unsqueeze(-1) * projected).sum(dim=-2)
+    return (out, weights) if return_weights else out
+
+
+def check_attention_fusion_args(
+    inputs: object,
+    proj_weights: object,
+    proj_biases: object,
+    score_weight: object,
+    score_bias: object,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], int]:
+    """Validated inputs, projection weights and biases (empty for None) and D_out; the errors are
+    those of the C++ checks."""
+    low, high = DESCRIPTOR.input_limits()
+    tensors = check_tensor_list(inputs, "inputs", high, min_count=low)
+    count = len(tensors)
+    weights = parameter_list(proj_weights, "proj_weights", count)
+    if weights[0].dim() != 2:
+        raise ValueError(
+            f"proj_weights[0]: expected shape [D_out, {tensors[0].shape[-1]}], got {list(weights[0].shape)}"
+        )
+    out_dim = weights[0].shape[0]
+    for m, (w, x) in enumerate(zip(weights, tensors)):
+        check_like(w, f"proj_weights[{m}]", tensors[0], [out_dim, x.shape[-1]])
+    biases = [] if proj_biases is None else parameter_list(proj_biases, "proj_biases", count)
+    for m, b in enumerate(biases):
+        check_like(b, f"proj_biases[{m}]", tensors[0], [out_dim])
+    check_like(score_weight, "score_weight", tensors[0], [count, sum(x.shape[-1] for x in tensors)])
+    if score_bias is not None:
+        check_like(score_bias, "score_bias", tensors[0], [count])
+    return tensors, weights, biases, out_dim
 
 
 def attention_fusion(
@@ -67,14 +115,9 @@ def attention_fusion(
         )
     else:
         check_attention_fusion_args(tensors, projections, biases or None, score_weight, score_bias)
-        if implementation == "triton":
-            from mmfast.ops._triton_backend import attention_fusion_triton
-
-            out, attention = attention_fusion_triton(tensors, projections, biases, score_weight, score_bias)
-        else:
-            out, attention = attention_fusion_reference(
-                tensors, projections, biases or None, score_weight, score_bias, return_weights=True
-            )
+        out, attention = attention_fusion_reference(
+            tensors, projections, biases or None, score_weight, score_bias, return_weights=True
+        )
     return (out, attention) if return_weights else out
 
 
@@ -104,5 +147,14 @@ def _register_fakes() -> None:
         )
 
 
-if _backend.extension_loaded():
-    _register_fakes()
+DESCRIPTOR = _registry.register(
+    _registry.OpDescriptor(
+        name="attention_fusion",
+        summary="softmax attention over M modalities [*, D_m], summing their projections (torchmultimodal's)",
+        reference=attention_fusion_reference,
+        compiled={"cpu": "cpp (ATen / oneDNN GEMMs, at::vec fused softmax and blend pass)"},
+        register_fakes=_register_fakes,
+        min_inputs=1,
+        triton="mmfast.triton.attention_fusion",
+    )
+)

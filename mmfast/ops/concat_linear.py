@@ -1,10 +1,10 @@
 """`concat_linear`: act(cat(inputs, -1) @ weight.T + bias) without building the concatenation.
 
-The op is `torch.ops.mmfast.concat_linear` (schema in C++, `csrc/registration.cpp`). It forwards to
-`mmfast::concat_linear_forward`, whose autograd formula is in C++ (`csrc/concat_linear_autograd.cpp`)
-and whose fake implementation is here, like that of the backward op `mmfast::concat_linear_backward`.
-Without the compiled extension, or for a device it was not built for, the pure-PyTorch reference
-runs instead.
+Everything the Python side knows of the op is here: its reference (the definition), its argument
+check (shared by the reference path and the fakes), its fake implementations and its descriptor.
+The op is ``torch.ops.mmfast.concat_linear``; its schemas, C++ checks, autograd formula and CPU and
+CUDA kernels are in ``csrc/ops/concat_linear/`` (the CUDA device code in ``kernels/``). Without the
+compiled extension, or for a device it was not built for, the reference runs instead.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from mmfast import _backend
-from mmfast.ops import _dispatch
-from mmfast.ops._validation import check_concat_linear_args
+from mmfast.ops import _dispatch, _registry
+from mmfast.ops._validation import check_like, check_tensor_list
 from mmfast.ops.activations import NEEDS_PREACTIVATION, apply_activation, check_activation
 
 __all__ = ["concat_linear", "concat_linear_reference"]
@@ -30,6 +29,30 @@ def concat_linear_reference(
 ) -> torch.Tensor:
     """The definition of concat_linear in plain PyTorch (builds the concatenation)."""
     return apply_activation(F.linear(torch.cat(list(inputs), dim=-1), weight, bias), activation)
+
+
+def check_concat_linear_args(
+    inputs: object, weight: object, bias: object
+) -> tuple[list[torch.Tensor], int, int]:
+    """Validated inputs, in_features (sum of D_i) and out_features; the errors are those of the
+    C++ checks."""
+    low, high = DESCRIPTOR.input_limits()
+    tensors = check_tensor_list(inputs, "inputs", high, min_count=low)
+    in_features = sum(x.shape[-1] for x in tensors)
+    if in_features == 0:
+        raise ValueError("inputs: the feature dims sum to 0")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight: expected a tensor, got {type(weight).__name__}")
+    if weight.dim() != 2 or weight.shape[1] != in_features:
+        raise ValueError(
+            f"weight: expected shape [out_features, {in_features}] (the inputs' feature dims sum to "
+            f"{in_features}), got {list(weight.shape)}"
+        )
+    check_like(weight, "weight", tensors[0], weight.shape)
+    out_features = weight.shape[0]
+    if bias is not None:
+        check_like(bias, "bias", tensors[0], [out_features])
+    return tensors, in_features, out_features
 
 
 def concat_linear(
@@ -91,5 +114,16 @@ def _register_fakes() -> None:
         return grad_input, grad_weight, grad_bias
 
 
-if _backend.extension_loaded():
-    _register_fakes()
+DESCRIPTOR = _registry.register(
+    _registry.OpDescriptor(
+        name="concat_linear",
+        summary="act(cat(inputs, -1) @ weight.T + bias) over 1..M inputs [*, D_i], never building the cat",
+        reference=concat_linear_reference,
+        compiled={
+            "cpu": "cpp (oneDNN / ATen GEMM, at::vec epilogue)",
+            "cuda": "cuda (ATen GEMM, CUDA epilogue)",
+        },
+        register_fakes=_register_fakes,
+        min_inputs=1,
+    )
+)

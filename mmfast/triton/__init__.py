@@ -1,9 +1,11 @@
 """Triton kernels of the fused ops: compiled for CUDA tensors, or interpreted for CPU tensors when
 ``TRITON_INTERPRET=1`` is set.
 
-Importing this package does not import triton. The kernel modules (`mmfast.triton.gated_fusion`,
-`mmfast.triton.attention_fusion`) do, and triton decides between compiled and interpreted kernels
-when they are imported: set ``TRITON_INTERPRET`` before that.
+Importing this package does not import triton. The kernel modules (``mmfast.triton.<op>``) do, and
+triton decides between compiled and interpreted kernels when they are imported: set
+``TRITON_INTERPRET`` before that. Each kernel module provides ``forward`` and ``backward`` in the
+conventions of its op's ``_forward`` / ``_backward`` schemas; `mmfast.ops._registry` registers them
+as the op's CUDA kernels (and, with ``MMFAST_BACKEND=triton``, its kernels on every device).
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ import sys
 
 import torch
 
-__all__ = ["availability", "is_available"]
+__all__ = ["MAX_INPUTS", "availability", "is_available"]
+
+# The most inputs the Triton kernels take: they take the modalities as a tuple of pointers and
+# unroll their loops over it at compile time; the gated-fusion forward also keeps one
+# [rows, groups, cols] logit tile in registers.
+MAX_INPUTS = 8
 
 _TRUE_VALUES = ("1", "true", "on", "yes", "y")
 

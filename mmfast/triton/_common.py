@@ -13,9 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-# The kernels take the modalities as a tuple of pointers and unroll their loops over it at compile
-# time; the gated-fusion forward also keeps one [rows, groups, cols] logit tile in registers.
-MAX_INPUTS = 8
+from mmfast.triton import MAX_INPUTS
 
 # Smallest tile side that `tl.dot` accepts on NVIDIA GPUs. The interpreter accepts smaller ones,
 # so the configs check it themselves.
@@ -120,6 +118,13 @@ def check_input_count(count: int, minimum: int) -> None:
 def check_dtype(dtype: torch.dtype) -> None:
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"xs: expected float32, float16 or bfloat16 tensors, got {dtype}")
+
+
+def as_rows(inputs: Sequence[torch.Tensor]) -> tuple[list[int], list[torch.Tensor]]:
+    """The leading dims of ``inputs [*, D_m]`` and the inputs as contiguous ``[rows, D_m]``
+    matrices: the op schemas take any leading dims, the kernels row-major matrices."""
+    leading = list(inputs[0].shape[:-1])
+    return leading, [x.reshape(-1, x.shape[-1]).contiguous() for x in inputs]
 
 
 @triton.jit

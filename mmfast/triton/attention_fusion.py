@@ -40,6 +40,7 @@ from mmfast.triton._attention_fusion_kernels import (
     attention_fusion_score_weight_grad_kernel,
 )
 from mmfast.triton._common import (
+    as_rows,
     INTERPRETED,
     check_dtype,
     check_input_count,
@@ -51,7 +52,7 @@ from mmfast.triton._common import (
     rows_bucket,
 )
 
-__all__ = ["attention_fusion_forward", "attention_fusion_backward"]
+__all__ = ["backward", "forward", "attention_fusion_backward", "attention_fusion_forward"]
 
 
 class _Segments:
@@ -380,4 +381,77 @@ def _zero_grads(xs, proj_weights, score_weight, out_dim, needs_grad):
         [score_weight.new_zeros(out_dim) for _ in xs] if need_proj_bias else None,
         torch.zeros_like(score_weight) if need_score_weight else None,
         score_weight.new_zeros(len(xs)) if need_score_bias else None,
+    )
+
+
+# The op's kernels, registered with the dispatcher for mmfast::attention_fusion_forward / _backward
+# (any leading dims; the input gradient as one [*, sum D] tensor; empty tensors for gradients not
+# asked for).
+
+
+def forward(
+    inputs: Sequence[torch.Tensor],
+    proj_weights: Sequence[torch.Tensor],
+    proj_biases: Sequence[torch.Tensor],
+    score_weight: torch.Tensor,
+    score_bias: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(output [*, D_out], weights [*, M])`` like ``mmfast::attention_fusion_forward``."""
+    leading, xs = as_rows(inputs)
+    out, weights = attention_fusion_forward(
+        xs,
+        [p.contiguous() for p in proj_weights],
+        [b.contiguous() for b in proj_biases] if proj_biases else None,
+        score_weight.contiguous(),
+        None if score_bias is None else score_bias.contiguous(),
+    )
+    return out.view([*leading, out.shape[-1]]), weights.view([*leading, len(xs)])
+
+
+def backward(
+    grad_output: torch.Tensor,
+    grad_weights: torch.Tensor | None,
+    inputs: Sequence[torch.Tensor],
+    proj_weights: Sequence[torch.Tensor],
+    proj_biases: Sequence[torch.Tensor],
+    score_weight: torch.Tensor,
+    weights: torch.Tensor,
+    output_mask: Sequence[bool],
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The gradients like ``mmfast::attention_fusion_backward``.
+
+    The kernels take the output's gradient only; a gradient reaching the weights output directly
+    (``grad_weights``) adds ``w * (g - sum_m w_m g_m)`` to the score gradient, applied here with
+    three small GEMMs.
+    """
+    leading, xs = as_rows(inputs)
+    count = len(xs)
+    w2d = weights.reshape(-1, count).contiguous()
+    need = tuple(bool(m) for m in output_mask)
+    grad_xs, grad_projs, grad_proj_biases, grad_score, grad_score_bias = attention_fusion_backward(
+        grad_output.reshape(-1, grad_output.shape[-1]),
+        xs,
+        [p.contiguous() for p in proj_weights],
+        [b.contiguous() for b in proj_biases] if proj_biases else None,
+        score_weight.contiguous(),
+        w2d,
+        need,
+    )
+    empty = grad_output.new_empty([0])
+    grad_input = torch.cat(grad_xs, dim=-1) if need[0] else empty
+    if grad_weights is not None and (need[0] or need[3] or need[4]):
+        g = grad_weights.reshape(-1, count).to(w2d.dtype)
+        extra = w2d * (g - (w2d * g).sum(-1, keepdim=True))
+        if need[0]:
+            grad_input = grad_input + extra @ score_weight
+        if need[3]:
+            grad_score = grad_score + extra.t() @ torch.cat(xs, dim=-1)
+        if need[4]:
+            grad_score_bias = grad_score_bias + extra.sum(0)
+    return (
+        grad_input.view([*leading, -1]) if need[0] else empty,
+        list(grad_projs) if need[1] else [],
+        list(grad_proj_biases) if need[2] and proj_biases else [],
+        grad_score if need[3] else empty,
+        grad_score_bias if need[4] else empty,
     )

@@ -21,6 +21,7 @@ import torch
 import triton
 
 from mmfast.triton._common import (
+    as_rows,
     check_dtype,
     check_input_count,
     check_rows,
@@ -37,7 +38,7 @@ from mmfast.triton._gated_fusion_kernels import (
     gated_fusion_weight_grad_kernel,
 )
 
-__all__ = ["gated_fusion_forward", "gated_fusion_backward"]
+__all__ = ["backward", "forward", "gated_fusion_backward", "gated_fusion_forward"]
 
 
 def _groups(num_inputs: int) -> int:
@@ -230,3 +231,39 @@ def gated_fusion_backward(
             if need_bias:
                 grad_bias = bias_target[0] if splits == 1 else bias_target.sum(0).to(dtype)
     return grad_xs, grad_weight, grad_bias
+
+
+# The op's kernels, registered with the dispatcher for mmfast::gated_fusion_forward / _backward
+# (any leading dims; the input gradient as one [*, sum D] tensor; empty tensors for gradients not
+# asked for).
+
+
+def forward(
+    inputs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(output [*, D], gates [rows, logits])`` like ``mmfast::gated_fusion_forward``."""
+    leading, xs = as_rows(inputs)
+    out, gates = gated_fusion_forward(xs, weight.contiguous(), None if bias is None else bias.contiguous())
+    return out.view([*leading, out.shape[-1]]), gates
+
+
+def backward(
+    grad_output: torch.Tensor,
+    inputs: Sequence[torch.Tensor],
+    weight: torch.Tensor,
+    gates: torch.Tensor,
+    output_mask: Sequence[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(grad_input [*, M*D], grad_weight, grad_bias)`` like ``mmfast::gated_fusion_backward``."""
+    leading, xs = as_rows(inputs)
+    grad2d = grad_output.reshape(-1, grad_output.shape[-1])
+    grad_xs, grad_weight, grad_bias = gated_fusion_backward(
+        grad2d, xs, weight.contiguous(), gates.contiguous(), tuple(bool(m) for m in output_mask)
+    )
+    empty = grad_output.new_empty([0])
+    grad_input = torch.cat(grad_xs, dim=-1).view([*leading, -1]) if output_mask[0] else empty
+    return (
+        grad_input,
+        grad_weight if output_mask[1] else empty,
+        grad_bias if output_mask[2] else empty,
+    )
