@@ -15,7 +15,7 @@
 namespace mmfast::cpu {
 
 // Which GEMM of which op a tuning decision is for, named "<op>.<gemm>" by the op that runs it
-// (for example "concat_linear.forward"): the name keys the decisions and the verbose output.
+// (for example "<op>.forward"): the name keys the decisions and the verbose output.
 struct GemmSite {
   const char* name;  // a string literal
 };

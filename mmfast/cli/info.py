@@ -22,6 +22,7 @@ def collect_info() -> dict[str, Any]:
 
     import mmfast
     from mmfast import _backend
+    from mmfast._info import op_table
 
     build_file = resources.files("mmfast") / "_build_config.json"
     build = json.loads(build_file.read_text()) if build_file.is_file() else {}
@@ -39,6 +40,7 @@ def collect_info() -> dict[str, Any]:
             "requested_backend": _backend.requested_backend(),
             "cuda_available": torch.cuda.is_available(),
         },
+        "ops": op_table(),
         "backends": mmfast.backend_info(),
     }
 
@@ -54,6 +56,10 @@ def run_info(as_json: bool = False) -> int:
     print("build:")
     for name, value in info["build"].items():
         print(f"  {name:<18} {value}")
+    print("ops (inputs: what the compiled kernels take in this build; triton: what its kernels take):")
+    for row in info["ops"]:
+        triton = f", triton {row['triton_inputs']}" if row["triton_inputs"] else ""
+        print(f"  {row['op']:<18} inputs {row['inputs']}{triton}: {row['summary']}")
     backends = info["backends"]
     width = max(len(op) for op in backends)
     print("backends (mmfast.backend_info()):")
