@@ -11,8 +11,6 @@ import os
 import platform
 import warnings
 
-import torch
-
 _BACKEND_ENV = "MMFAST_BACKEND"
 _VALID_BACKENDS = ("auto", "reference", "triton")
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
+
 def check_tensor_list(
     inputs: object, argument: str = "inputs", max_count: int | None = None, min_count: int = 1
 ) -> list[torch.Tensor]:

@@ -40,8 +40,8 @@ from mmfast.triton._attention_fusion_kernels import (
     attention_fusion_score_weight_grad_kernel,
 )
 from mmfast.triton._common import (
-    as_rows,
     INTERPRETED,
+    as_rows,
     check_dtype,
     check_input_count,
     check_rows,
