@@ -73,7 +73,7 @@ def test_no_op_is_defined_twice():
     assert not [name for name in schemas if "triton" in name]
     for name in NAMES:
         assert {f"mmfast::{name}", f"mmfast::{name}_forward", f"mmfast::{name}_backward"} <= set(schemas)
-    stems = {name.removeprefix("mmfast::").removesuffix("_forward").removesuffix("_backward") for name in schemas}
+    stems = {n.removeprefix("mmfast::").removesuffix("_forward").removesuffix("_backward") for n in schemas}
     assert stems == set(NAMES)
 
 
