@@ -9,8 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmfast.cli import main
+from mmfast.cli.parser import build_parser
+from mmfast.cli.train import config_from_args
+from mmfast.train.config import TrainConfig, config_defaults
 from mmfast.train.metrics import METRIC_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,3 +119,37 @@ def test_bench_finds_the_source_tree_benchmarks() -> None:
     from mmfast.cli.bench import find_bench_dir
 
     assert find_bench_dir() == REPO / "bench"
+
+
+def test_train_defaults_are_the_config_defaults(monkeypatch, capsys) -> None:
+    # Every TrainConfig field but dataset_options has an option, defaulting to the field's default.
+    assert config_from_args(build_parser().parse_args(["train"])) == TrainConfig()
+    # Read from the config, not written again: another default there is another default here.
+    monkeypatch.setattr("mmfast.cli.parser.config_defaults", lambda: {**config_defaults(), "lr": 0.25})
+    assert build_parser().parse_args(["train"]).lr == 0.25
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "(default: 0.25)" in capsys.readouterr().out
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mmfast {command}: error: checkpoint: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("kind", ["truncated", "foreign"])
+def test_a_bad_checkpoint_is_a_one_line_error_naming_the_file(kind, tmp_path, capsys) -> None:
+    path = tmp_path / "last.pt"
+    if kind == "truncated":
+        torch.save({"model": {"w": torch.ones(1000)}, "config": {}}, path)
+        path.write_bytes(path.read_bytes()[:-200])
+    else:
+        path.write_text("not a checkpoint\n", encoding="utf-8")
+    assert main(["evaluate", str(path)]) == 2
+    assert str(path) in _one_line_error(capsys, "evaluate")
+    assert main(["train", "--resume", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert str(path) in _one_line_error(capsys, "train")
+    torch.save({"weights": torch.ones(2)}, path)  # a torch.save file, but not of mmfast train
+    assert main(["train", "--resume", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "not a training checkpoint" in _one_line_error(capsys, "train")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 
+from mmfast.data import padding as data_padding
 from mmfast.data.padding import pad_sequences
 from mmfast.encoders.audio import AudioEncoder
 from mmfast.encoders.base import ModalityEncoder
@@ -100,3 +104,18 @@ def test_text_encoder_checks() -> None:
         encoder(torch.randn(2, 3))
     with pytest.raises(ValueError, match="lengths"):
         encoder(torch.ones(2, 3, dtype=torch.int64), torch.tensor([0, 3]))
+
+
+def test_encoders_and_layers_do_not_import_the_data_package() -> None:
+    # The layering is models -> encoders -> nn -> ops, mmfast.data a sibling used by training: the
+    # padding masks the encoders use live in mmfast.nn, and mmfast.data re-exports them.
+    root = Path(__file__).resolve().parents[1] / "mmfast"
+    for path in sorted([*(root / "encoders").glob("*.py"), *(root / "nn").glob("*.py")]):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        modules = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        modules += [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+        assert not [m for m in modules if m.startswith("mmfast.data")], path
+    from mmfast.nn import _padding
+
+    assert data_padding.lengths_to_padding_mask is _padding.lengths_to_padding_mask
+    assert data_padding.lengths_to_valid_mask is _padding.lengths_to_valid_mask

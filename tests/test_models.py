@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+from torch import nn
 
 from mmfast.data import collate, dataset_info
-from mmfast.models.builder import build_classifier
+from mmfast.models import MultimodalClassifier, build_fusion, build_head
+from mmfast.models.builder import build_classifier, build_encoder
 from mmfast.models.classifier import FUSIONS
 
 SYNTHETIC = dataset_info("synthetic", num_classes=3)  # audio, image, text: M = 3
@@ -174,3 +178,138 @@ def test_bfloat16_autocast_runs_and_stays_close_to_the_reference(fusion: str) ->
     # The fused model's bf16 error is of the order of plain PyTorch's own bf16 error.
     error, reference_error = (low.float() - full).abs().max(), (low_reference.float() - full).abs().max()
     assert error <= 2 * reference_error + 1e-2
+
+
+def _small_encoders(info) -> dict[str, nn.Module]:
+    return {
+        m: build_encoder(m, info, 16, image_channels=SMALL["image_channels"], audio_channels=(8,))
+        for m in sorted(info.modalities)
+    }
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_classifier_composed_from_modules_is_the_built_one(fusion: str) -> None:
+    # build_classifier draws the encoders, then the fusion, then the head: composing the same
+    # modules in that order gives the same parameters, names and outputs.
+    torch.manual_seed(0)
+    built = build_classifier(SYNTHETIC, fusion=fusion, **SMALL).eval()
+    torch.manual_seed(0)
+    encoders = _small_encoders(SYNTHETIC)
+    fusion_module = build_fusion(fusion, {m: 16 for m in encoders}, 16)
+    composed = MultimodalClassifier(encoders, fusion_module, build_head(fusion_module.out_dim, 3)).eval()
+    assert composed.fusion is fusion_module and composed.modalities == ("audio", "image", "text")
+    assert list(composed.state_dict()) == list(built.state_dict())
+    for name, value in built.state_dict().items():
+        assert torch.equal(composed.state_dict()[name], value), name
+    batch = _batch(SYNTHETIC)
+    torch.testing.assert_close(composed(batch), built(batch))
+
+
+class _SumFusion(nn.Module):
+    """A user's vector fusion: the sum of the modality features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[torch.Tensor]] = []
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        self.calls.append(features)
+        return torch.stack(features).sum(dim=0)
+
+
+class _TokenCount(nn.Module):
+    """A user's token fusion: the number of valid tokens of each modality, per sample."""
+
+    consumes_tokens = True
+
+    def forward(self, tokens: list[torch.Tensor | None], masks: list[torch.Tensor | None]) -> torch.Tensor:
+        counts = []
+        for sequence, mask in zip(tokens, masks):
+            if sequence is None:
+                counts.append(torch.full((6,), -1.0))
+            elif mask is None:
+                counts.append(torch.full((sequence.shape[0],), float(sequence.shape[1])))
+            else:
+                counts.append((~mask).sum(dim=1).float())
+        return torch.stack(counts, dim=1)
+
+
+def test_any_fusion_and_head_modules_compose() -> None:
+    encoders = _small_encoders(AV_DIGITS)
+    fusion = _SumFusion()
+    model = MultimodalClassifier(encoders, fusion, nn.Linear(16, 4), modality_dropout=0.2).eval()
+    batch = _batch(AV_DIGITS)
+    assert model(batch).shape == (6, 4)
+    # One [B, out_dim] feature per modality, in sorted name order (audio, image).
+    audio, image = fusion.calls[-1]
+    torch.testing.assert_close(audio, encoders["audio"](batch["audio"], batch["audio_lengths"]))
+    torch.testing.assert_close(image, encoders["image"](batch["image"]))
+    model({"image": batch["image"]})
+    assert torch.equal(fusion.calls[-1][0], torch.zeros(6, 16))  # a missing modality: zeros
+    assert {name.split(".")[0] for name in model.state_dict()} == {"encoders", "head"}
+    assert {"head.weight", "head.bias"} <= set(model.state_dict())
+
+
+def test_a_fusion_that_consumes_tokens_gets_tokens_and_masks() -> None:
+    model = MultimodalClassifier(_small_encoders(SYNTHETIC), _TokenCount(), nn.Identity()).eval()
+    batch = _batch(SYNTHETIC)
+    counts = model(batch)  # audio, image, text
+    _, audio_mask = model.encoders["audio"].forward_tokens(batch["audio"], batch["audio_lengths"])
+    assert torch.equal(counts[:, 0], (~audio_mask).sum(dim=1).float())
+    assert torch.equal(counts[:, 2], batch["text_lengths"].float())
+    without_text = model({k: v for k, v in batch.items() if not k.startswith("text")})
+    assert torch.equal(without_text[:, 2], torch.full((6,), -1.0))  # absent: None
+    # Modality dropout masks the dropped modalities' tokens, never all of a sample's.
+    model.modality_dropout = 0.6
+    dropped = model.train()(batch)
+    assert (dropped < counts).any() and (dropped.sum(dim=1) > 0).all()
+
+
+def test_the_string_form_still_builds_by_name_with_a_deprecation_warning() -> None:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the builders do not take the old form
+        expected = MultimodalClassifier.from_names(
+            _small_encoders(AV_DIGITS), "gated", 10, hidden=16, modality_dropout=0.25, reference=True
+        )
+        build_classifier(AV_DIGITS, fusion="transformer", **SMALL)
+    torch.manual_seed(0)
+    encoders = _small_encoders(AV_DIGITS)
+    with pytest.warns(DeprecationWarning, match="from_names"):
+        keywords = MultimodalClassifier(
+            encoders, fusion="gated", num_classes=10, hidden=16, modality_dropout=0.25, reference=True
+        )
+    torch.manual_seed(0)
+    with pytest.warns(DeprecationWarning):
+        # The old positional order: num_classes, hidden, dropout, modality_dropout, reference.
+        positional = MultimodalClassifier(_small_encoders(AV_DIGITS), "gated", 10, 16, 0.1, 0.25, True)
+    for model in (keywords, positional):
+        assert model.modality_dropout == 0.25
+        assert type(model.fusion.gate).__name__ == "ReferenceGatedFusion"
+        assert list(model.state_dict()) == list(expected.state_dict())
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.state_dict().items())
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="hidden_size"):
+        MultimodalClassifier(encoders, "concat", 10, hidden_size=16)
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="num_classes"):
+        MultimodalClassifier(encoders, "concat")
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="fusion"):
+        MultimodalClassifier(encoders, "bilinear", 10)
+
+
+def test_module_form_errors() -> None:
+    encoders = _small_encoders(AV_DIGITS)
+    fusion = build_fusion("concat", {"audio": 16, "image": 16}, 8)
+    with pytest.raises(TypeError, match="head"):
+        MultimodalClassifier(encoders, fusion)
+    with pytest.raises(TypeError, match="hidden"):
+        MultimodalClassifier(encoders, fusion, build_head(8, 10), hidden=16)
+    with pytest.raises(TypeError, match="fusion"):
+        MultimodalClassifier(encoders, 3, build_head(8, 10))
+    with pytest.raises(ValueError, match="encoders"):
+        MultimodalClassifier({}, fusion, build_head(8, 10))
+    with pytest.raises(ValueError, match="modality_dropout"):
+        MultimodalClassifier(encoders, fusion, build_head(8, 10), modality_dropout=1.0)
+    with pytest.raises(ValueError, match="equal feature size"):
+        build_fusion("gated", {"audio": 16, "image": 8})
+    with pytest.raises(ValueError, match="num_classes"):
+        build_head(8, 1)

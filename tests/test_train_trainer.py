@@ -11,7 +11,7 @@ from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
 from mmfast.train.evaluation import evaluate_checkpoint
 from mmfast.train.metrics import METRIC_NAMES
 from mmfast.train.records import read_jsonl
-from mmfast.train.trainer import Trainer
+from mmfast.train.trainer import STATE_KEYS, Trainer
 from tests._train_configs import tiny_config
 
 
@@ -40,6 +40,8 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path) -> 
     assert resumed.optimizer.state_dict()["state"].keys() == whole.optimizer.state_dict()["state"].keys()
     last_whole = load_checkpoint(tmp_path / "whole" / "last.pt")["model"]
     last_resumed = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
+    # Resume requires exactly what a checkpoint holds.
+    assert set(load_checkpoint(tmp_path / "split" / "last.pt")) == set(STATE_KEYS)
     assert all(torch.equal(last_whole[k], last_resumed[k]) for k in last_whole)
     assert resumed_result["test"]["accuracy"] == whole_result["test"]["accuracy"]
     assert [r["train_loss"] for r in read_jsonl(tmp_path / "split" / "log.jsonl")] == [

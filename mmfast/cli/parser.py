@@ -1,11 +1,15 @@
-"""The argument parser of every ``mmfast`` sub-command. Only argparse is imported here, so that
-``--help`` and argument errors answer at once; each command imports torch when it runs."""
+"""The argument parser of every ``mmfast`` sub-command. Only argparse and the training config (a
+dataclass, whose defaults the options take) are imported here, so that ``--help`` and argument
+errors answer at once; each command imports the trainer, the models and the data when it runs."""
 
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from mmfast.train.config import AUTOCAST_CHOICES, DEVICE_CHOICES, config_defaults
+
+# The names mmfast.models and mmfast.data define, repeated so that the parser imports neither.
 FUSIONS = ("concat", "gated", "attention", "transformer")
 DATASETS = ("av-digits", "synthetic")
 
@@ -35,33 +39,41 @@ def _modalities(text: str) -> list[str]:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=DATASETS, default="av-digits", help="default: av-digits")
-    parser.add_argument("--fusion", choices=FUSIONS, default="concat", help="default: concat")
-    parser.add_argument(
+    """The options of a training run: one per :class:`TrainConfig` field (but ``dataset_options``,
+    whose entries are the group below), defaulting to the field's default."""
+    defaults = config_defaults()
+
+    def option(flag: str, help: str, **kwargs: Any) -> None:
+        # The field is the flag's name (--batch-size: batch_size); its default is written only in
+        # TrainConfig. A default of None means "not set" and is explained by the help itself.
+        name = flag[2:].replace("-", "_")
+        default = defaults[name]
+        if default is not None and kwargs.get("action") != "store_true":
+            help = f"{help} (default: %(default)s)" if help else "default: %(default)s"
+        parser.add_argument(flag, dest=name, default=default, help=help, **kwargs)
+
+    option("--dataset", "", choices=DATASETS)
+    option("--fusion", "", choices=FUSIONS)
+    option(
         "--modalities",
+        "comma-separated subset to train on, e.g. image or image,audio (default: all of the dataset's)",
         type=_modalities,
-        default=None,
         metavar="LIST",
-        help="comma-separated subset to train on, e.g. image or image,audio (default: all of the dataset's)",
     )
-    parser.add_argument("--epochs", type=_positive_int, default=10, help="maximum epochs (default: 10)")
-    parser.add_argument("--batch-size", type=_positive_int, default=64, help="per process (default: 64)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (default: 3e-3)")
-    parser.add_argument("--weight-decay", type=float, default=1e-2, help="default: 1e-2")
-    parser.add_argument("--warmup-ratio", type=float, default=0.1, help="warm-up fraction (default: 0.1)")
-    parser.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 = off")
-    parser.add_argument(
-        "--patience", type=int, default=5, help="early stopping: epochs without better val accuracy (0 = off)"
-    )
-    parser.add_argument("--hidden", type=_positive_int, default=128, help="encoder / fusion width")
-    parser.add_argument("--dropout", type=float, default=0.1, help="dropout before the head (default: 0.1)")
-    parser.add_argument(
-        "--modality-dropout", type=float, default=0.0, help="train-time probability of dropping a modality"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seeds weights, data order, split (default: 0)")
-    parser.add_argument("--reference", action="store_true", help="train the plain-PyTorch twin of the model")
-    parser.add_argument("--autocast", choices=("none", "bf16"), default="none", help="bfloat16 autocast")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
+    option("--epochs", "maximum epochs", type=_positive_int)
+    option("--batch-size", "per process", type=_positive_int)
+    option("--lr", "peak AdamW learning rate", type=float)
+    option("--weight-decay", "", type=float)
+    option("--warmup-ratio", "warm-up fraction", type=float)
+    option("--grad-clip", "max gradient norm, 0 = off", type=float)
+    option("--patience", "early stopping: epochs without better val accuracy, 0 = off", type=int)
+    option("--hidden", "encoder / fusion width", type=_positive_int)
+    option("--dropout", "dropout before the head", type=float)
+    option("--modality-dropout", "train-time probability of dropping a modality", type=float)
+    option("--seed", "seeds weights, data order, split", type=int)
+    option("--reference", "train the plain-PyTorch twin of the model", action="store_true")
+    option("--autocast", "bfloat16 autocast", choices=AUTOCAST_CHOICES)
+    option("--device", "", choices=DEVICE_CHOICES)
     data = parser.add_argument_group("dataset options (see mmfast.data.load_dataset)")
     data.add_argument("--image-size", type=_positive_int, help="resize images to this side")
     data.add_argument(
@@ -142,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("checkpoint", metavar="CHECKPOINT", help="a last.pt / best.pt of mmfast train")
     evaluate.add_argument("--split", choices=("train", "val", "test"), default="test", help="default: test")
-    evaluate.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the run's")
+    devices = [d for d in DEVICE_CHOICES if d != "auto"]
+    evaluate.add_argument("--device", choices=devices, default=None, help="default: the run's")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(run=_run_evaluate)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -28,28 +29,11 @@ DATASET_OPTIONS = (
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The training config of ``mmfast train``'s arguments (dataset options only when given)."""
+    """The training config of ``mmfast train``'s arguments: every field from the option of the same
+    name (the parser gives each the field's default), dataset options only when given."""
     options = {name: getattr(args, name) for name in DATASET_OPTIONS if getattr(args, name) is not None}
-    return TrainConfig(
-        dataset=args.dataset,
-        dataset_options=options,
-        fusion=args.fusion,
-        modalities=args.modalities,
-        reference=args.reference,
-        hidden=args.hidden,
-        dropout=args.dropout,
-        modality_dropout=args.modality_dropout,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio,
-        grad_clip=args.grad_clip,
-        patience=args.patience,
-        autocast=args.autocast,
-        seed=args.seed,
-        device=args.device,
-    )
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "dataset_options"]
+    return TrainConfig(dataset_options=options, **{name: getattr(args, name) for name in fields})
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

@@ -1,10 +1,19 @@
-"""Padding of variable-length sequences to a batch, with lengths and padding masks."""
+"""Padding of variable-length sequences to a batch, with lengths; and the padding masks.
+
+The masks are defined in :mod:`mmfast.nn._padding`, beside the layers that use them (the encoders
+must not depend on ``mmfast.data``); they are re-exported here for the data pipeline and for code
+that imported them from this module.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+
+from mmfast.nn._padding import lengths_to_padding_mask, lengths_to_valid_mask
+
+__all__ = ["lengths_to_padding_mask", "lengths_to_valid_mask", "pad_sequences"]
 
 
 def pad_sequences(
@@ -54,20 +63,3 @@ def pad_sequences(
     for i, seq in enumerate(sequences):
         padded[i, : lengths[i]] = seq[: lengths[i]]
     return padded, lengths
-
-
-def lengths_to_padding_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
-    """Boolean ``[B, L]`` mask, True at padding positions (PyTorch's ``key_padding_mask`` convention)."""
-    if lengths.dim() != 1:
-        raise ValueError(f"lengths: expected a 1-D tensor, got shape {list(lengths.shape)}")
-    if lengths.numel() and int(lengths.min()) < 0:
-        raise ValueError("lengths: expected non-negative lengths")
-    if max_length is None:
-        max_length = int(lengths.max()) if lengths.numel() else 0
-    positions = torch.arange(max_length, device=lengths.device)
-    return positions.unsqueeze(0) >= lengths.unsqueeze(1)
-
-
-def lengths_to_valid_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
-    """Boolean ``[B, L]`` mask, True at valid (non-padding) positions."""
-    return ~lengths_to_padding_mask(lengths, max_length)

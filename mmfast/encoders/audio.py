@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mmfast.data.padding import lengths_to_padding_mask
 from mmfast.encoders.base import check_lengths, masked_mean
+from mmfast.nn._padding import lengths_to_padding_mask
 
 
 class FrameConvBlock(nn.Module):

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mmfast.data.padding import lengths_to_padding_mask
 from mmfast.encoders.base import check_lengths, masked_mean
+from mmfast.nn._padding import lengths_to_padding_mask
 
 TEXT_ENCODER_KINDS = ("lstm", "transformer")
 

@@ -1,4 +1,5 @@
-"""`build_classifier`: a `MultimodalClassifier` with encoders sized for a dataset."""
+"""`build_classifier`: a `MultimodalClassifier` with encoders sized for a dataset, its fusion and
+head built by name."""
 
 from __future__ import annotations
 
@@ -47,14 +48,15 @@ def build_classifier(
     audio_channels: Sequence[int] = (64, 128),
 ) -> MultimodalClassifier:
     """A classifier for dataset ``info``: one encoder per modality (``out_dim = hidden``), a fusion
-    and a linear head over ``info.num_classes`` classes.
+    and a linear head over ``info.num_classes`` classes (:meth:`MultimodalClassifier.from_names`).
 
     Args:
         info: from :func:`mmfast.data.dataset_info`.
         fusion: ``"concat"``, ``"gated"``, ``"attention"`` or ``"transformer"``.
         modalities: the modalities to use (default: all of the dataset's), e.g. ``["image"]`` for
             a single-modality baseline with the same encoder.
-        reference: the plain-PyTorch twin (same parameter names; see :class:`MultimodalClassifier`).
+        reference: the plain-PyTorch twin: the fusion built from :mod:`mmfast.nn.reference` (same
+            parameter names, so state dicts load from one into the other).
         hidden: encoder output size and fusion width.
         modality_dropout: train-time probability of dropping each modality of a sample.
         dropout: dropout before the head and in the transformer fusion.
@@ -73,10 +75,10 @@ def build_classifier(
         m: build_encoder(m, info, hidden, text_encoder, image_channels, audio_channels)
         for m in sorted(chosen)
     }
-    return MultimodalClassifier(
+    return MultimodalClassifier.from_names(
         encoders,
-        fusion=fusion,
-        num_classes=info.num_classes,
+        fusion,
+        info.num_classes,
         hidden=hidden,
         dropout=dropout,
         modality_dropout=modality_dropout,

@@ -8,13 +8,15 @@ import torch
 from torch import nn
 
 from mmfast.nn.concat_linear import ConcatLinear
+from mmfast.nn.reference import ReferenceConcatLinear
 
 
 class ConcatFusion(nn.Module):
     """``relu(cat(features, -1) @ proj.weight.T + proj.bias)``, ``[B, out_dim]``.
 
     ``proj`` is a :class:`mmfast.nn.ConcatLinear` (the concatenation is never built), or with
-    ``reference=True`` an ``nn.Linear`` after ``torch.cat``; both have the same parameters.
+    ``reference=True`` its twin :class:`mmfast.nn.reference.ReferenceConcatLinear` (``torch.cat``
+    then a linear layer); both have the parameters of ``nn.Linear(sum(in_dims), out_dim)``.
     """
 
     def __init__(self, in_dims: Sequence[int], out_dim: int, reference: bool = False) -> None:
@@ -22,12 +24,9 @@ class ConcatFusion(nn.Module):
         self.in_dims = tuple(in_dims)
         self.out_dim = out_dim
         self.reference = reference
-        if reference:
-            self.proj: nn.Module = nn.Linear(sum(self.in_dims), out_dim)
-        else:
-            self.proj = ConcatLinear(self.in_dims, out_dim, activation="relu")
+        layer = ReferenceConcatLinear if reference else ConcatLinear
+        self.proj = layer(self.in_dims, out_dim, activation="relu")
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        if self.reference:
-            return torch.relu(self.proj(torch.cat(list(features), dim=-1)))
+        """``features``: one ``[B, D_m]`` tensor per modality, in the classifier's order."""
         return self.proj(list(features))

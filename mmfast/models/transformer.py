@@ -3,7 +3,6 @@ token, attention with padding masks through ``F.scaled_dot_product_attention``."
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -11,14 +10,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmfast.nn.concat_linear import ConcatLinear
+from mmfast.nn.reference import ReferenceConcatLinear, scaled_dot_product_attention_reference
 
 
 class FusionBlock(nn.Module):
     """Pre-norm transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``.
 
     The fused path runs attention as ``F.scaled_dot_product_attention`` with a boolean mask and the
-    MLP's first layer as a :class:`ConcatLinear` with GELU; ``reference=True`` spells out the softmax
-    attention and uses ``nn.Linear`` + GELU, with the same parameters.
+    MLP's first layer as a :class:`ConcatLinear` with GELU; ``reference=True`` takes their twins from
+    :mod:`mmfast.nn.reference` (the softmax attention spelled out, ``torch.cat`` + linear + GELU),
+    with the same parameters.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, dropout: float, reference: bool) -> None:
@@ -28,14 +29,16 @@ class FusionBlock(nn.Module):
         self.num_heads = num_heads
         self.dropout = dropout
         self.reference = reference
+        # A function, not a module: attention has no parameters of its own here (they are qkv, out).
+        self.attention_fn = (
+            scaled_dot_product_attention_reference if reference else F.scaled_dot_product_attention
+        )
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
-        self.fc1: nn.Module = (
-            nn.Linear(dim, hidden) if reference else ConcatLinear([dim], hidden, activation="gelu")
-        )
+        self.fc1 = (ReferenceConcatLinear if reference else ConcatLinear)([dim], hidden, activation="gelu")
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
 
@@ -49,16 +52,10 @@ class FusionBlock(nn.Module):
             x, q = x[:, :1], q[:, :, :1]
         attend = ~padding_mask[:, None, None, :]  # [B, 1, 1, S], broadcast over heads and queries
         p = self.dropout if self.training else 0.0
-        if self.reference:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(dim // heads)
-            weights = torch.softmax(scores.masked_fill(~attend, float("-inf")), dim=-1)
-            attended = F.dropout(weights, p, self.training) @ v
-        else:
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p)
+        attended = self.attention_fn(q, k, v, attn_mask=attend, dropout_p=p)
         x = x + self.drop(self.out(attended.transpose(1, 2).reshape(batch, -1, dim)))
         hidden = self.norm2(x)
-        hidden = F.gelu(self.fc1(hidden)) if self.reference else self.fc1(hidden)
-        return x + self.drop(self.fc2(self.drop(hidden)))
+        return x + self.drop(self.fc2(self.drop(self.fc1(hidden))))
 
 
 class TransformerFusion(nn.Module):
@@ -68,7 +65,12 @@ class TransformerFusion(nn.Module):
     a learned fusion token is prepended and the sequence goes through ``num_layers`` pre-norm
     blocks whose attention ignores padded (or dropped) tokens. The output is the fusion token
     after a final LayerNorm. A modality may be absent (``None``): its tokens are left out.
+
+    It declares ``consumes_tokens = True``: :class:`mmfast.models.MultimodalClassifier` then hands
+    it each encoder's ``forward_tokens`` (tokens and padding masks) instead of pooled vectors.
     """
+
+    consumes_tokens = True
 
     def __init__(
         self,

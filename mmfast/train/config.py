@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 AUTOCAST_CHOICES = ("none", "bf16")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -69,16 +70,27 @@ class TrainConfig:
             raise ValueError(
                 f"autocast: expected one of {', '.join(AUTOCAST_CHOICES)}, got {self.autocast!r}"
             )
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device: expected auto, cpu or cuda, got {self.device!r}")
+        if self.device not in DEVICE_CHOICES:
+            raise ValueError(f"device: expected one of {', '.join(DEVICE_CHOICES)}, got {self.device!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as plain values (what checkpoints and ``metrics.json`` store)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config of :meth:`to_dict`'s values; unknown fields are an error, missing ones default."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"config: unknown field(s) {unknown}")
         return cls(**values)
+
+
+def config_defaults() -> dict[str, Any]:
+    """Each field's default value, by name (a fresh copy of those built by a factory). The command
+    line takes its defaults from here, so that each is written once, in :class:`TrainConfig`."""
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(TrainConfig)
+    }

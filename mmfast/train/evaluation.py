@@ -14,8 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from mmfast.data import collate, load_dataset
 from mmfast.train.build import build_model
-from mmfast.train.checkpoint import load_checkpoint
-from mmfast.train.config import TrainConfig
+from mmfast.train.checkpoint import MODEL_KEYS, CheckpointError, checkpoint_config, load_checkpoint
 from mmfast.train.distributed import DistributedContext
 from mmfast.train.metrics import classification_metrics
 from mmfast.train.runtime import resolve_device
@@ -81,13 +80,14 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Metrics of the weights in checkpoint ``path`` on ``split`` of the dataset it was trained on
     (same options and seed, so the same split), with the run's autocast setting."""
-    state = load_checkpoint(path)
-    if "config" not in state or "model" not in state:
-        raise ValueError(f"checkpoint: {path} is not a training checkpoint (no config / model)")
-    config = TrainConfig.from_dict(state["config"])
+    state = load_checkpoint(path, required=MODEL_KEYS)
+    config = checkpoint_config(state, path)
     target = resolve_device(device or config.device)
     model = build_model(config)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise CheckpointError.of(path, "its weights do not fit the model of its config", error) from error
     model.to(target)
     dataset = load_dataset(config.dataset, split, seed=config.seed, **config.dataset_options)
 

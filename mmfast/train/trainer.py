@@ -19,7 +19,14 @@ from tqdm.auto import tqdm
 
 from mmfast.data import collate, load_dataset
 from mmfast.train.build import build_model
-from mmfast.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mmfast.train.checkpoint import (
+    CheckpointError,
+    checkpoint_config,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from mmfast.train.config import TrainConfig
 from mmfast.train.distributed import DistributedContext
 from mmfast.train.evaluation import evaluate_model
@@ -30,6 +37,22 @@ from mmfast.train.schedule import warmup_cosine
 
 # Steps left out of the mean step time: the first ones pay for GEMM tuning and allocations.
 TIMING_WARMUP_STEPS = 5
+
+# What `Trainer.state_dict` saves, all of which `Trainer.resume` needs.
+STATE_KEYS = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "epoch",
+    "best_accuracy",
+    "best_state",
+    "epochs_without_improvement",
+    "history",
+    "step_seconds",
+    "rng",
+    "loader_rng",
+    "config",
+)
 
 
 class Trainer:
@@ -262,9 +285,18 @@ class Trainer:
         cls, checkpoint: str | Path, out_dir: str | Path | None = None, progress: bool = True
     ) -> Trainer:
         """The run saved in `checkpoint` (its config, weights, optimizer, schedule, RNG states),
-        ready to `fit` its remaining epochs; writes to `out_dir` (default: the checkpoint's folder)."""
-        state = load_checkpoint(checkpoint)
-        config = TrainConfig.from_dict(state["config"])
+        ready to `fit` its remaining epochs; writes to `out_dir` (default: the checkpoint's folder).
+
+        Raises:
+            FileNotFoundError: no file at `checkpoint`.
+            CheckpointError: `checkpoint` is not a readable checkpoint of a `Trainer`.
+        """
+        state = load_checkpoint(checkpoint, required=STATE_KEYS)
+        config = checkpoint_config(state, checkpoint)
         trainer = cls(config, out_dir if out_dir is not None else Path(checkpoint).parent, progress)
-        trainer.load_state_dict(state)
+        try:
+            trainer.load_state_dict(state)
+        except (RuntimeError, KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+            # A checkpoint of another model, optimizer or torch version than its config describes.
+            raise CheckpointError.of(checkpoint, "does not fit the run of its config", error) from error
         return trainer
