@@ -46,12 +46,21 @@ def test_from_linear_copies_and_converts():
         ConcatLinear.from_linear(linear, [5, 5])
 
 
-def test_forward_accepts_tensors_or_one_list_and_checks_them():
+def test_forward_accepts_tensors_one_list_or_one_dict_and_checks_them():
     layer = ConcatLinear([3, 2], 4, activation="relu")
     x1, x2 = torch.randn(6, 3), torch.randn(6, 2)
     torch.testing.assert_close(layer(x1, x2), layer([x1, x2]))
-    with pytest.raises(ValueError, match="inputs: expected 2 tensors, got 1"):
+    torch.testing.assert_close(layer(x1, x2), layer((x1, x2)))
+    # A dict in sorted key order (torchmultimodal's ConcatFusionModule order).
+    torch.testing.assert_close(layer(x1, x2), layer({"b": x2, "a": x1}))
+    with pytest.raises(ValueError, match=r"inputs: expected 2 tensors \(one per modality\), got 1"):
         layer(x1)
+    with pytest.raises(ValueError, match=r"inputs: expected 2 tensors \(one per modality\), got 3"):
+        layer([x1, x2, x2])
+    with pytest.raises(ValueError, match=r"inputs\['b'\]: expected last dim 2, got shape \[6, 3\]"):
+        layer({"a": x1, "b": x1})
+    with pytest.raises(TypeError, match="inputs: expected a sequence of tensors or a dict of them, got int"):
+        layer(3)
     with pytest.raises(ValueError, match=r"inputs\[1\]: expected last dim 2"):
         layer(x1, torch.randn(6, 3))
     with pytest.raises(ValueError, match=r"inputs\[1\]: expected last dim 2, got shape \[\]"):
@@ -60,11 +69,31 @@ def test_forward_accepts_tensors_or_one_list_and_checks_them():
         layer([[1.0, 2.0, 3.0]], x2)
 
 
+def test_named_in_features_take_the_modalities_in_sorted_order():
+    torch.manual_seed(0)
+    linear = nn.Linear(9, 4)
+    layer = ConcatLinear.from_linear(linear, {"text": 5, "audio": 4}, activation="sigmoid")
+    assert layer.modalities == ("audio", "text") and layer.in_features == (4, 5)
+    assert repr(layer) == (
+        "ConcatLinear(in_features={'audio': 4, 'text': 5}, out_features=4, bias=True, activation='sigmoid')"
+    )
+    audio, text = torch.randn(3, 4), torch.randn(3, 5)
+    expected = torch.sigmoid(linear(torch.cat([audio, text], -1)))
+    torch.testing.assert_close(layer({"text": text, "audio": audio}), expected)
+    torch.testing.assert_close(layer(audio, text), expected)
+
+
 def test_repr_and_constructor_checks():
     layer = ConcatLinear([768, 512, 128], 512, activation="gelu")
     assert repr(layer) == (
         "ConcatLinear(in_features=[768, 512, 128], out_features=512, bias=True, activation='gelu')"
     )
+    with pytest.raises(
+        TypeError, match="in_features: expected a sequence of sizes or a dict name -> size, got int"
+    ):
+        ConcatLinear(3, 2)
+    with pytest.raises(ValueError, match=r"in_features: .*got \{'a': 0\}"):
+        ConcatLinear({"a": 0}, 2)
     with pytest.raises(ValueError, match="activation: unknown activation 'gelu2'"):
         ConcatLinear([3], 2, activation="gelu2")
     with pytest.raises(ValueError, match="in_features"):

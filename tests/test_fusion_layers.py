@@ -12,9 +12,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mmfast.models.weighted import ReferenceAttentionFusion, ReferenceGatedFusion
 from mmfast.nn.attention_fusion import AttentionFusion
+from mmfast.nn.concat_linear import ConcatLinear
 from mmfast.nn.gated_fusion import GatedFusion
+from mmfast.nn.reference import ReferenceAttentionFusion, ReferenceGatedFusion
 from tests._tolerances import assert_grads_match, assert_matches_reference
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
@@ -316,11 +317,15 @@ def test_gated_fusion_bad_inputs():
         ReferenceGatedFusion(6, num_modalities=3)([xs[0], xs[1], torch.randn(2, 7)])
 
 
-@pytest.mark.parametrize("layer_kind", ["gated", "attention"])
+@pytest.mark.parametrize("layer_kind", ["concat", "gated", "attention"])
 def test_layers_compile_fullgraph_forward_and_backward(layer_kind):
+    """Dict inputs under torch.compile(fullgraph=True): the key ordering and checks trace away."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    if layer_kind == "gated":
+    if layer_kind == "concat":
+        dims = {"a": 8, "b": 5, "c": 3}
+        layer = ConcatLinear(dims, 6, activation="gelu")
+    elif layer_kind == "gated":
         layer, dims = GatedFusion(8, num_modalities=3), {"a": 8, "b": 8, "c": 8}
     else:
         layer, dims = AttentionFusion({"a": 8, "b": 5, "c": 3}), {"a": 8, "b": 5, "c": 3}

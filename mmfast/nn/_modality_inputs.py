@@ -1,14 +1,31 @@
-"""The inputs of the fusion layers: a sequence of tensors, or a mapping of modality name -> tensor
-taken in the layer's modality order when its keys are the layer's names, otherwise in sorted name
-order (as torchmultimodal does)."""
+"""What the fusion layers share: their inputs (a sequence of tensors, or a mapping of modality
+name -> tensor taken in the layer's modality order when its keys are the layer's names, otherwise in
+sorted name order, as torchmultimodal does) and their refusal of TorchScript."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
 import torch
 
 ModalityInputs = Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
+
+TORCHSCRIPT_UNSUPPORTED = "mmfast layers do not support TorchScript; use torch.export.export or torch.compile"
+
+
+class NotScriptable:
+    """Mixin for the layers: ``torch.jit.script`` of the layer, or of any module holding one, raises
+    a RuntimeError that says TorchScript is unsupported and what to use instead.
+
+    TorchScript cannot compile the layers' forwards (they take a list or a dict of any length and
+    name bad inputs in their errors), and its own error points at a line of mmfast, not at the
+    cause. ``torch.jit.script`` calls ``__prepare_scriptable__`` on every submodule before compiling
+    anything, so this refusal comes first.
+    """
+
+    def __prepare_scriptable__(self) -> NoReturn:
+        raise RuntimeError(f"{type(self).__name__}: {TORCHSCRIPT_UNSUPPORTED}")
 
 
 def mapping_order(

@@ -4,16 +4,19 @@ fused, for inputs with any leading dims."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 import torch
 from torch import nn
 
-from mmfast.nn._modality_inputs import ModalityInputs, check_feature_dims, ordered_inputs
-from mmfast.ops._validation import MAX_FUSION_INPUTS
+from mmfast.nn._modality_inputs import ModalityInputs, NotScriptable, check_feature_dims, ordered_inputs
+from mmfast.ops import input_limits
 from mmfast.ops.attention_fusion import attention_fusion
 
+_T = TypeVar("_T")
 
-class AttentionFusion(nn.Module):
+
+class AttentionFusion(NotScriptable, nn.Module):
     """Weighs M modality features ``x_m [*, D_m]`` by attention and sums their projections.
 
     ``w = softmax(cat(x_1..x_M) @ S.T + s)`` (``[*, M]``), ``out = sum_m w_m * (x_m @ P_m.T + p_m)``
@@ -21,11 +24,13 @@ class AttentionFusion(nn.Module):
 
     Its state dict is that of torchmultimodal's ``AttentionFusionModule`` (``attention.0.weight`` /
     ``.bias`` for the scores, ``encoding_projection.<name>.weight`` / ``.bias`` per modality), so
-    weights trained with one load into the other. The sub-modules only hold the parameters (their
-    ``forward`` and hooks are never called; replacing them by wrappers changes nothing): the
-    fused op does the work (the score GEMM reads the inputs in place, the projections go straight
-    into the weighted sum: no concatenation, no stack of projections).
-    ``mmfast.models.weighted.ReferenceAttentionFusion`` is the same layer computed the
+    weights trained with one load into the other; its constructor also takes torchmultimodal's
+    argument names, ``AttentionFusion(channel_to_encoder_dim=..., encoding_projection_dim=...)``.
+    The sub-modules only hold the parameters (their ``forward`` and hooks are never called;
+    replacing them by wrappers changes nothing): the fused op does the work (the score GEMM reads
+    the inputs in place, the projections go straight into the weighted sum: no concatenation, no
+    stack of projections).
+    ``mmfast.nn.reference.ReferenceAttentionFusion`` is the same layer computed the
     torchmultimodal way, with the same state dict.
 
     Args:
@@ -34,6 +39,11 @@ class AttentionFusion(nn.Module):
         out_dim: output size; defaults to the smallest input size, like torchmultimodal.
         device: device of the parameters.
         dtype: dtype of the parameters.
+        channel_to_encoder_dim: torchmultimodal's name for ``in_dims`` (give one of the two).
+        encoding_projection_dim: torchmultimodal's name for ``out_dim`` (give at most one).
+
+    TorchScript is not supported (``torch.jit.script`` raises); ``torch.export.export`` and
+    ``torch.compile`` are.
 
     Example:
         >>> fusion = AttentionFusion({"image": 512, "text": 768})
@@ -42,12 +52,21 @@ class AttentionFusion(nn.Module):
 
     def __init__(
         self,
-        in_dims: Sequence[int] | Mapping[str, int],
+        in_dims: Sequence[int] | Mapping[str, int] | None = None,
         out_dim: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        channel_to_encoder_dim: Mapping[str, int] | None = None,
+        encoding_projection_dim: int | None = None,
     ) -> None:
         super().__init__()
+        in_dims = _one_of("in_dims", in_dims, "channel_to_encoder_dim", channel_to_encoder_dim)
+        out_dim = _one_of("out_dim", out_dim, "encoding_projection_dim", encoding_projection_dim)
+        if in_dims is None:
+            raise TypeError(
+                "AttentionFusion: expected the modality sizes, in_dims (or channel_to_encoder_dim)"
+            )
         if not isinstance(in_dims, (Mapping, Sequence)) or isinstance(in_dims, str):
             raise TypeError(
                 f"in_dims: expected a sequence of sizes or a dict name -> size, got {type(in_dims).__name__}"
@@ -61,8 +80,9 @@ class AttentionFusion(nn.Module):
         shown = dict(in_dims) if self._named else list(in_dims)
         if not dims or any(size <= 0 for size in dims.values()):
             raise ValueError(f"in_dims: expected one or more positive sizes, got {shown}")
-        if len(dims) > MAX_FUSION_INPUTS:
-            raise ValueError(f"in_dims: the op fuses at most {MAX_FUSION_INPUTS} modalities, got {len(dims)}")
+        _, most = input_limits("attention_fusion")
+        if most is not None and len(dims) > most:
+            raise ValueError(f"in_dims: the op fuses at most {most} modalities, got {len(dims)}")
         self.modalities: tuple[str, ...] = tuple(sorted(dims)) if self._named else tuple(dims)
         self.in_dims: tuple[int, ...] = tuple(dims[m] for m in self.modalities)
         self.out_dim = int(out_dim) if out_dim is not None else min(self.in_dims)
@@ -113,3 +133,11 @@ class AttentionFusion(nn.Module):
     def extra_repr(self) -> str:
         dims = dict(zip(self.modalities, self.in_dims)) if self._named else list(self.in_dims)
         return f"in_dims={dims}, out_dim={self.out_dim}"
+
+
+def _one_of(name: str, value: _T | None, alias: str, alias_value: _T | None) -> _T | None:
+    """The value of an argument that also has torchmultimodal's name ``alias``, given under either
+    name; both at once is a TypeError, as Python's for an argument given twice."""
+    if value is not None and alias_value is not None:
+        raise TypeError(f"AttentionFusion: got both {name} and {alias} (torchmultimodal's name for it)")
+    return alias_value if value is None else value
