@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from bench.conftest import time_case
-from mmfast.ops.attention_fusion import attention_fusion
 from mmfast.ops import attention_fusion_reference, gated_fusion_reference
+from mmfast.ops.attention_fusion import attention_fusion
 from mmfast.ops.gated_fusion import gated_fusion
 
 # op -> shape name -> (input dims, output dim or None for gated fusion)

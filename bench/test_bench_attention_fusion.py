@@ -12,8 +12,8 @@ import torch
 from bench.concat_linear_cases import saved_bytes
 from bench.conftest import SAVED_BYTES
 from bench.fusion_cases import DTYPES, SHAPES, cases, make_problem, run_case
-from mmfast.ops.attention_fusion import attention_fusion
 from mmfast.ops import attention_fusion_reference
+from mmfast.ops.attention_fusion import attention_fusion
 
 OP = "attention_fusion"
 

@@ -43,6 +43,15 @@ SegmentsShape check_segments(at::TensorList inputs, const char* argument, InputL
   return shape;
 }
 
+bool has_symbolic_sizes(at::TensorList inputs) {
+  for (const auto& x : inputs) {
+    if (x.defined() && x.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) {
+      return true;
+    }
+  }
+  return false;
+}
+
 void check_parameter(const at::Tensor& tensor, const std::string& argument, const at::Tensor& like,
                      at::IntArrayRef sizes) {
   TORCH_CHECK_TYPE(tensor.scalar_type() == like.scalar_type(), argument, ": expected dtype ",

@@ -44,6 +44,11 @@ struct SegmentsShape {
 // one dtype, device and leading dims; errors name `argument`[i].
 SegmentsShape check_segments(at::TensorList inputs, const char* argument, InputLimits limits);
 
+// Whether any of `inputs` has symbolic sizes (fake tensors under torch.export / torch.compile with
+// dynamic shapes): reading their sizes as integers would specialize them, so the entry points leave
+// the checks to the fake implementations, which run the Python checks with the same messages.
+bool has_symbolic_sizes(at::TensorList inputs);
+
 // Checks that `tensor` (called `argument`) has `like`'s dtype and device and exactly `sizes`.
 void check_parameter(const at::Tensor& tensor, const std::string& argument, const at::Tensor& like,
                      at::IntArrayRef sizes);

@@ -83,7 +83,3 @@ def as_list(values: object, argument: str) -> list:
 def first_device(tensors: list) -> torch.device | None:
     """The device of the first tensor, or None when there is none to look at."""
     return tensors[0].device if tensors and isinstance(tensors[0], torch.Tensor) else None
-
-
-# Transitional: the layers still import this; they move to `mmfast.ops.input_limits`.
-MAX_FUSION_INPUTS = 16

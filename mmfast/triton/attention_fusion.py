@@ -1,5 +1,5 @@
 """Triton kernels for modality attention fusion (the definition is
-`mmfast.ops.fusion_reference.attention_fusion_reference`).
+`mmfast.ops.attention_fusion_reference`).
 
 Notation: inputs ``x_m [R, D_m]``, projections ``P_m [D_out, D_m]`` and ``p_m``, score weight
 ``S [M, sum D_m]`` and ``b``; ``w = softmax(cat(x) @ S.T + b)``, ``y_m = x_m @ P_m.T + p_m`` and

@@ -1,4 +1,4 @@
-"""Triton kernels for gated fusion (the definition is `mmfast.ops.fusion_reference.gated_fusion_reference`).
+"""Triton kernels for gated fusion (the definition is `mmfast.ops.gated_fusion_reference`).
 
 Forward, one kernel: each program owns a ``[rows, features]`` tile of the output. It computes the
 gate logits of that tile for every modality group with `tl.dot`, reading the M inputs through their

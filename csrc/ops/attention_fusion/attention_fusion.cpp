@@ -143,17 +143,19 @@ class AttentionFusionFunction : public torch::autograd::Function<AttentionFusion
     const std::vector<at::Tensor> inputs(saved.begin() + 2, saved.begin() + 2 + count);
     const std::vector<at::Tensor> proj_weights(saved.begin() + 2 + count, saved.begin() + 2 + 2 * count);
     const std::vector<at::Tensor> proj_biases(saved.begin() + 2 + 2 * count, saved.end());
-    std::vector<int64_t> output_sizes = weights.sizes().vec();
-    output_sizes.back() = proj_weights[0].size(0);
+    // Symbolic sizes: reading them as integers would fix the batch under torch.export.
+    std::vector<c10::SymInt> output_sizes = weights.sym_sizes().vec();
+    output_sizes.back() = proj_weights[0].sym_size(0);
     // Only the weights reached the loss: the output's gradient is zero.
-    const at::Tensor dout = grad_output.defined() ? grad_output : at::zeros(output_sizes, weights.options());
+    const at::Tensor dout =
+        grad_output.defined() ? grad_output : at::zeros_symint(output_sizes, weights.options());
     auto [grad_input, grad_proj_weights, grad_proj_biases, grad_score_weight, grad_score_bias] =
         backward_op(dout, grad_weights.defined() ? std::optional<at::Tensor>(grad_weights) : std::nullopt, inputs,
                     proj_weights, proj_biases, score_weight, weights, mask);
     if (mask[0]) {
       int64_t offset = 0;
       for (int64_t i = 0; i < count; ++i) {
-        const int64_t width = inputs[i].size(-1);
+        const int64_t width = inputs[i].sym_size(-1).guard_int(__FILE__, __LINE__);  // the feature dim only
         result[i] = grad_input.narrow(-1, offset, width);
         offset += width;
       }
@@ -197,7 +199,9 @@ std::tuple<at::Tensor, at::Tensor> attention_fusion_composite(at::TensorList inp
                                                               at::TensorList proj_biases,
                                                               const at::Tensor& score_weight,
                                                               const std::optional<at::Tensor>& score_bias) {
-  check_attention_fusion_args(inputs, proj_weights, proj_biases, score_weight, score_bias);
+  if (!has_symbolic_sizes(inputs)) {
+    check_attention_fusion_args(inputs, proj_weights, proj_biases, score_weight, score_bias);
+  }
   return forward_op(inputs, proj_weights, proj_biases, score_weight, score_bias);
 }
 

@@ -120,7 +120,9 @@ class ConcatLinearFunction : public torch::autograd::Function<ConcatLinearFuncti
     const SavedForBackward kind = saved_for_backward(parse_activation(activation));
     std::vector<int64_t> segment_sizes;
     for (const auto& x : inputs) {
-      segment_sizes.push_back(x.size(-1));
+      // The feature dim only: size(-1) would read every dim as an integer, which under
+      // torch.export / dynamic shapes fixes the batch to the traced one.
+      segment_sizes.push_back(x.sym_size(-1).guard_int(__FILE__, __LINE__));
     }
     ctx->saved_data["activation"] = std::string(activation);
     ctx->saved_data["segment_sizes"] = segment_sizes;

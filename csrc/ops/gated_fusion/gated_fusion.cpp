@@ -114,7 +114,7 @@ class GatedFusionFunction : public torch::autograd::Function<GatedFusionFunction
     const std::vector<at::Tensor> inputs(saved.begin() + 2, saved.end());
     auto [grad_input, grad_weight, grad_bias] = backward_op(grad_output, inputs, saved[0], saved[1], mask);
     if (mask[0]) {
-      const int64_t dim = inputs[0].size(-1);
+      const int64_t dim = inputs[0].sym_size(-1).guard_int(__FILE__, __LINE__);  // the feature dim only
       for (int64_t i = 0; i < count; ++i) {
         result[i] = grad_input.narrow(-1, i * dim, dim);
       }
@@ -146,7 +146,9 @@ using Signature = at::Tensor(at::TensorList, const at::Tensor&, const std::optio
 // Triton) the forward then reaches.
 at::Tensor gated_fusion_composite(at::TensorList inputs, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& bias) {
-  check_gated_fusion_args(inputs, weight, bias);
+  if (!has_symbolic_sizes(inputs)) {
+    check_gated_fusion_args(inputs, weight, bias);
+  }
   return std::get<0>(forward_op(inputs, weight, bias));
 }
 
