@@ -7,8 +7,10 @@ Each op module registers its descriptor (`mmfast.ops._registry`); importing them
 from mmfast.ops import _dispatch, _registry
 from mmfast.ops.activations import ACTIVATIONS, apply_activation
 from mmfast.ops.attention_fusion import attention_fusion, attention_fusion_reference
+from mmfast.ops.clip_loss import clip_loss, clip_loss_reference
 from mmfast.ops.concat_linear import concat_linear, concat_linear_reference
 from mmfast.ops.gated_fusion import gated_fusion, gated_fusion_reference
+from mmfast.ops.siglip_loss import siglip_loss, siglip_loss_reference
 
 _registry.install()
 _dispatch.record_kernels(tuple(op.name for op in _registry.descriptors()))
@@ -25,9 +27,13 @@ __all__ = [
     "apply_activation",
     "attention_fusion",
     "attention_fusion_reference",
+    "clip_loss",
+    "clip_loss_reference",
     "concat_linear",
     "concat_linear_reference",
     "gated_fusion",
     "gated_fusion_reference",
     "input_limits",
+    "siglip_loss",
+    "siglip_loss_reference",
 ]

@@ -25,6 +25,7 @@ def has_kernel(op: str, device_type: str) -> bool:
         known = (
             _backend.extension_loaded()
             and key is not None
+            and hasattr(torch.ops.mmfast, f"{op}_forward")  # absent from a build older than the op
             and torch._C._dispatch_has_kernel_for_dispatch_key(f"mmfast::{op}_forward", key)
         )
         _kernel_known[(op, device_type)] = known

@@ -1,0 +1,90 @@
+#include "engine/pairwise.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+
+#include "engine/checks.h"
+
+namespace mmfast {
+namespace {
+
+// Tile sides: 1024 x 1024 float32 products are 4 MiB, and a [1024, D] x [D, 1024] GEMM is large
+// enough for MKL / oneDNN to run near peak on both cores.
+constexpr int64_t kTileRows = 1024;
+constexpr int64_t kTileCols = 1024;
+
+void check_features(const at::Tensor& x, const char* argument) {
+  TORCH_CHECK_VALUE(x.dim() == 2, argument, ": expected a 2-D tensor [B, D], got shape ", x.sizes());
+  const auto type = x.scalar_type();
+  TORCH_CHECK_TYPE(type == at::kFloat || type == at::kDouble || type == at::kBFloat16, argument,
+                   ": expected torch.float32, torch.float64 or torch.bfloat16, got ", dtype_name(type));
+}
+
+void check_scalar(const at::Tensor& value, const char* argument, const at::Tensor& like) {
+  TORCH_CHECK_VALUE(value.dim() == 0, argument, ": expected a 0-dim tensor (a scalar), got shape ", value.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(value.scalar_type()), argument, ": expected a floating-point tensor, got ",
+                   dtype_name(value.scalar_type()));
+  TORCH_CHECK_VALUE(value.device() == like.device(), argument, ": expected device ", like.device(),
+                    " like the features, got ", value.device());
+}
+
+}  // namespace
+
+void check_pairwise_args(const at::Tensor& image, const at::Tensor& text, const at::Tensor& logit_scale,
+                         const std::optional<at::Tensor>& logit_bias, int64_t label_offset, bool square,
+                         bool bias_required) {
+  check_features(image, "image_features");
+  check_features(text, "text_features");
+  TORCH_CHECK_TYPE(text.scalar_type() == image.scalar_type(), "text_features: expected dtype ",
+                   dtype_name(image.scalar_type()), " like image_features, got ", dtype_name(text.scalar_type()));
+  TORCH_CHECK_VALUE(text.device() == image.device(), "text_features: expected device ", image.device(),
+                    " like image_features, got ", text.device());
+  TORCH_CHECK_VALUE(text.size(1) == image.size(1), "text_features: expected feature dim ", image.size(1),
+                    " like image_features, got ", text.size(1));
+  TORCH_CHECK_VALUE(image.size(0) > 0, "image_features: expected a batch of at least 1 pair, got 0 rows");
+  if (square) {
+    TORCH_CHECK_VALUE(text.size(0) == image.size(0), "text_features: expected ", image.size(0),
+                      " rows like image_features (one text per image), got ", text.size(0));
+    TORCH_CHECK_VALUE(label_offset == 0, "label_offset: expected 0 for the symmetric loss, got ", label_offset);
+  } else {
+    const int64_t most = text.size(0) - image.size(0);
+    TORCH_CHECK_VALUE(label_offset >= 0 && label_offset <= most,
+                      "label_offset: image row i pairs with text row i + label_offset, so expected 0 to ", most,
+                      " for ", image.size(0), " images and ", text.size(0), " texts, got ", label_offset);
+  }
+  check_scalar(logit_scale, "logit_scale", image);
+  const bool has_bias = logit_bias.has_value() && logit_bias->defined();
+  TORCH_CHECK_TYPE(has_bias || !bias_required, "logit_bias: expected a 0-dim tensor or a float, got None");
+  if (has_bias) {
+    check_scalar(*logit_bias, "logit_bias", image);
+  }
+}
+
+at::ScalarType pairwise_compute_type(at::ScalarType features) {
+  return features == at::kBFloat16 || features == at::kHalf ? at::kFloat : features;
+}
+
+at::Tensor pairwise_operand(const at::Tensor& features) {
+  return features.to(pairwise_compute_type(features.scalar_type())).contiguous();
+}
+
+void for_each_product_tile(const at::Tensor& image, const at::Tensor& text,
+                           const std::function<void(const TileBounds&, const at::Tensor&)>& visit) {
+  const int64_t rows = image.size(0), cols = text.size(0);
+  const int64_t tile_rows = std::min(rows, kTileRows), tile_cols = std::min(cols, kTileCols);
+  at::Tensor buffer = at::empty({tile_rows * tile_cols}, image.options());
+  for (int64_t r0 = 0; r0 < rows; r0 += tile_rows) {
+    const int64_t r1 = std::min(rows, r0 + tile_rows);
+    const at::Tensor image_block = image.narrow(0, r0, r1 - r0);
+    for (int64_t c0 = 0; c0 < cols; c0 += tile_cols) {
+      const int64_t c1 = std::min(cols, c0 + tile_cols);
+      at::Tensor products = buffer.narrow(0, 0, (r1 - r0) * (c1 - c0)).view({r1 - r0, c1 - c0});
+      at::mm_out(products, image_block, text.narrow(0, c0, c1 - c0).t());
+      visit(TileBounds{r0, r1, c0, c1}, products);
+    }
+  }
+}
+
+}  // namespace mmfast

@@ -1,0 +1,44 @@
+// Shared machinery of the pairwise (contrastive) losses: argument checks, and the tiles of the
+// logit matrix logits = scale * image @ text.T + bias, computed a few at a time through ATen's GEMM
+// (MKL / oneDNN) into one reused buffer, so that the B_image x B_text matrix never exists.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+
+namespace mmfast {
+
+// The losses take two feature matrices; export the same limits as the list-taking ops.
+constexpr int64_t kPairwiseInputs = 2;
+
+// image [B, D], text [B_text, D] of one floating dtype (float32, float64, bfloat16) and device;
+// logit_scale and logit_bias 0-dim floating tensors on that device (logit_bias may be absent
+// unless `bias_required`). `square`: B_text == B and label_offset == 0 (the symmetric loss); else
+// 0 <= label_offset <= B_text - B. Errors name the argument, with the Python checks' messages.
+void check_pairwise_args(const at::Tensor& image, const at::Tensor& text, const at::Tensor& logit_scale,
+                         const std::optional<at::Tensor>& logit_bias, int64_t label_offset, bool square,
+                         bool bias_required);
+
+// The dtype the losses compute in: float32 for bfloat16 / float16 features, else theirs.
+at::ScalarType pairwise_compute_type(at::ScalarType features);
+
+// The features as contiguous matrices of the compute dtype (a copy only when needed).
+at::Tensor pairwise_operand(const at::Tensor& features);
+
+// Rows and columns of one tile of the logit matrix.
+struct TileBounds {
+  int64_t row_begin, row_end, col_begin, col_end;
+  int64_t rows() const { return row_end - row_begin; }
+  int64_t cols() const { return col_end - col_begin; }
+};
+
+// Calls `visit(bounds, products)` for every tile of image @ text.T, row blocks outer, column blocks
+// inner, in order; `products` is the [rows, cols] tile of raw dot products (no scale or bias), a
+// contiguous view of a buffer reused for every tile. Only one tile is alive at a time.
+void for_each_product_tile(const at::Tensor& image, const at::Tensor& text,
+                           const std::function<void(const TileBounds&, const at::Tensor&)>& visit);
+
+}  // namespace mmfast

@@ -1,0 +1,141 @@
+// clip_loss: CLIP's symmetric contrastive loss without the B x B logit matrix (definition:
+// mmfast/ops/clip_loss.py). This file holds the op whole but for its kernels: the schemas, the
+// composite entry point and the autograd formula, the only one (the CPU kernel is
+// clip_loss_cpu.cpp; the argument checks are shared with siglip_loss in engine/pairwise.h).
+//
+// The forward keeps, beyond its inputs, only the row and column log-sum-exps (O(B) numbers); the
+// backward recomputes the logit tiles from the features. `clip_loss_backward` is an op of its own
+// so that torch.compile sees it as one node.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+#include "engine/checks.h"
+#include "engine/grad_recording.h"
+#include "engine/pairwise.h"
+
+namespace mmfast {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using ForwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t, bool);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_op(const at::Tensor& image, const at::Tensor& text,
+                                                          const at::Tensor& logit_scale,
+                                                          const std::optional<at::Tensor>& logit_bias,
+                                                          int64_t label_offset, bool symmetric) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mmfast::clip_loss_forward", "")
+                       .typed<ForwardSignature>();
+  return op.call(image, text, logit_scale, logit_bias, label_offset, symmetric);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
+    const at::Tensor& grad, const at::Tensor& image, const at::Tensor& text, const at::Tensor& logit_scale,
+    const std::optional<at::Tensor>& logit_bias, const at::Tensor& row_lse, const at::Tensor& col_lse,
+    int64_t label_offset, bool symmetric, std::array<bool, 4> mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mmfast::clip_loss_backward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, int64_t, bool,
+                           std::array<bool, 4>)>();
+  return call_backward_op([&] {
+    return op.call(grad, image, text, logit_scale, logit_bias, row_lse, col_lse, label_offset, symmetric, mask);
+  });
+}
+
+class ClipLossFunction : public torch::autograd::Function<ClipLossFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& image, const at::Tensor& text,
+                               const at::Tensor& logit_scale, const std::optional<at::Tensor>& logit_bias,
+                               int64_t label_offset, bool symmetric) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [loss, row_lse, col_lse] = forward_op(image, text, logit_scale, logit_bias, label_offset, symmetric);
+    const bool has_bias = logit_bias.has_value() && logit_bias->defined();
+    ctx->saved_data["label_offset"] = label_offset;
+    ctx->saved_data["symmetric"] = symmetric;
+    ctx->saved_data["has_bias"] = has_bias;
+    ctx->save_for_backward({image, text, logit_scale, has_bias ? *logit_bias : at::Tensor(), row_lse, col_lse});
+    ctx->mark_non_differentiable({row_lse, col_lse});
+    return {loss, row_lse, col_lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    // One gradient per forward argument: image, text, logit_scale, logit_bias, label_offset, symmetric.
+    variable_list result(6);
+    if (!grads[0].defined()) {
+      return result;
+    }
+    const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
+                                      has_bias && ctx->needs_input_grad(3)};
+    const std::optional<at::Tensor> bias = has_bias ? std::optional<at::Tensor>(saved[3]) : std::nullopt;
+    auto [grad_image, grad_text, grad_scale, grad_bias] =
+        backward_op(grads[0], saved[0], saved[1], saved[2], bias, saved[4], saved[5],
+                    ctx->saved_data["label_offset"].toInt(), ctx->saved_data["symmetric"].toBool(), mask);
+    for (size_t i = 0; i < mask.size(); ++i) {
+      if (mask[i]) {
+        result[i] = std::array<at::Tensor, 4>{grad_image, grad_text, grad_scale, grad_bias}[i];
+      }
+    }
+    return result;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> clip_loss_forward_autograd(const at::Tensor& image,
+                                                                          const at::Tensor& text,
+                                                                          const at::Tensor& logit_scale,
+                                                                          const std::optional<at::Tensor>& logit_bias,
+                                                                          int64_t label_offset, bool symmetric) {
+  if (!autograd_records(image, text, logit_scale, logit_bias)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return forward_op(image, text, logit_scale, logit_bias, label_offset, symmetric);
+  }
+  auto outputs = ClipLossFunction::apply(image, text, logit_scale, logit_bias, label_offset, symmetric);
+  return {outputs[0], outputs[1], outputs[2]};
+}
+
+at::Tensor clip_loss_composite(const at::Tensor& image, const at::Tensor& text, const at::Tensor& logit_scale,
+                               const std::optional<at::Tensor>& logit_bias, int64_t label_offset, bool symmetric) {
+  return std::get<0>(forward_op(image, text, logit_scale, logit_bias, label_offset, symmetric));
+}
+
+const RegisterInputLimits register_limits("clip_loss", {kPairwiseInputs, kPairwiseInputs});
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(mmfast, m) {
+  m.def(
+      "clip_loss(Tensor image_features, Tensor text_features, Tensor logit_scale, Tensor? logit_bias=None, "
+      "int label_offset=0, bool symmetric=True) -> Tensor");
+  m.def(
+      "clip_loss_forward(Tensor image_features, Tensor text_features, Tensor logit_scale, Tensor? logit_bias, "
+      "int label_offset, bool symmetric) -> (Tensor loss, Tensor row_lse, Tensor col_lse)");
+  m.def(
+      "clip_loss_backward(Tensor grad_loss, Tensor image_features, Tensor text_features, Tensor logit_scale, "
+      "Tensor? logit_bias, Tensor row_lse, Tensor col_lse, int label_offset, bool symmetric, bool[4] output_mask) "
+      "-> (Tensor grad_image, Tensor grad_text, Tensor grad_logit_scale, Tensor grad_logit_bias)");
+}
+
+TORCH_LIBRARY_IMPL(mmfast, CompositeImplicitAutograd, m) {
+  m.impl("clip_loss", &clip_loss_composite);
+}
+
+TORCH_LIBRARY_IMPL(mmfast, Autograd, m) {
+  m.impl("clip_loss_forward", &clip_loss_forward_autograd);
+  // A second derivative raises "derivative for mmfast::clip_loss_backward is not implemented".
+  m.impl("clip_loss_backward", torch::autograd::autogradNotImplementedFallback());
+}
+
+}  // namespace mmfast

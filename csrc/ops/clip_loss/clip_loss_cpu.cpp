@@ -1,0 +1,310 @@
+// clip_loss on the CPU (definition: mmfast/ops/clip_loss.py).
+//
+// Forward: one pass over the tiles of the logit matrix (engine/pairwise.h: a GEMM per tile into a
+// reused buffer). Each tile updates the running (max, sum of exp) of its rows and, for the
+// symmetric loss, of its columns, so both log-sum-exps come out of the same pass; the forward keeps
+// only them (O(B) numbers) beyond its inputs. Backward: the tiles again, the combined gradient
+// g * (softmax_rows + softmax_cols) / 2B minus the diagonal's g / B formed in one vectorized pass,
+// then two GEMMs per tile accumulate the feature gradients; the scale and bias gradients are sums
+// over the same pass.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "engine/pairwise.h"
+
+namespace mmfast::cpu {
+namespace {
+
+using at::vec::Vectorized;
+
+// Lane-wise reductions of a vector (Vectorized<double> has no reduce_add / reduce_max).
+template <typename scalar_t>
+scalar_t sum_lanes(const Vectorized<scalar_t>& v) {
+  alignas(64) scalar_t lanes[Vectorized<scalar_t>::size()];
+  v.store(lanes);
+  scalar_t total = 0;
+  for (int i = 0; i < Vectorized<scalar_t>::size(); ++i) {
+    total += lanes[i];
+  }
+  return total;
+}
+
+template <typename scalar_t>
+scalar_t max_lanes(const Vectorized<scalar_t>& v) {
+  alignas(64) scalar_t lanes[Vectorized<scalar_t>::size()];
+  v.store(lanes);
+  scalar_t best = lanes[0];
+  for (int i = 1; i < Vectorized<scalar_t>::size(); ++i) {
+    best = std::max(best, lanes[i]);
+  }
+  return best;
+}
+
+template <typename scalar_t>
+scalar_t scalar_value(const at::Tensor& t) {
+  return t.to(c10::CppTypeToScalarType<scalar_t>::value).template item<scalar_t>();
+}
+
+// Running (max, sum of exp(x - max)) merged with a block's (max, sum).
+template <typename scalar_t>
+void merge_lse(scalar_t& max, scalar_t& sum, scalar_t block_max, scalar_t block_sum) {
+  if (block_max == -std::numeric_limits<scalar_t>::infinity()) {
+    return;
+  }
+  if (block_max > max) {
+    sum = sum * std::exp(max - block_max) + block_sum;
+    max = block_max;
+  } else {
+    sum += block_sum * std::exp(block_max - max);
+  }
+}
+
+// For each row of the tile: logits = scale * products + bias, then merges the row's
+// (max, sum exp) into the running statistics. Parallel over rows.
+template <typename scalar_t>
+void update_row_stats(const at::Tensor& products, scalar_t scale, scalar_t bias, scalar_t* row_max,
+                      scalar_t* row_sum) {
+  using Vec = Vectorized<scalar_t>;
+  const int64_t rows = products.size(0), cols = products.size(1);
+  const scalar_t* data = products.const_data_ptr<scalar_t>();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    const Vec vscale(scale), vbias(bias);
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* row = data + r * cols;
+      Vec vmax(-std::numeric_limits<scalar_t>::infinity());
+      int64_t c = 0;
+      for (; c + Vec::size() <= cols; c += Vec::size()) {
+        vmax = at::vec::maximum(vmax, at::vec::fmadd(Vec::loadu(row + c), vscale, vbias));
+      }
+      scalar_t block_max = max_lanes(vmax);
+      for (; c < cols; ++c) {
+        block_max = std::max(block_max, row[c] * scale + bias);
+      }
+      const Vec vshift(block_max);
+      Vec vsum(0);
+      c = 0;
+      for (; c + Vec::size() <= cols; c += Vec::size()) {
+        vsum += (at::vec::fmadd(Vec::loadu(row + c), vscale, vbias) - vshift).exp();
+      }
+      scalar_t block_sum = sum_lanes(vsum);
+      for (; c < cols; ++c) {
+        block_sum += std::exp(row[c] * scale + bias - block_max);
+      }
+      merge_lse(row_max[r], row_sum[r], block_max, block_sum);
+    }
+  });
+}
+
+// The same for each column of the tile, vectorized across columns. Parallel over column chunks.
+template <typename scalar_t>
+void update_col_stats(const at::Tensor& products, scalar_t scale, scalar_t bias, scalar_t* col_max,
+                      scalar_t* col_sum) {
+  using Vec = Vectorized<scalar_t>;
+  const int64_t rows = products.size(0), cols = products.size(1);
+  const scalar_t* data = products.const_data_ptr<scalar_t>();
+  constexpr int64_t kChunk = 64;
+  at::parallel_for(0, (cols + kChunk - 1) / kChunk, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    std::array<scalar_t, kChunk> block_max, block_sum;
+    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+      const int64_t c0 = chunk * kChunk, width = std::min(kChunk, cols - c0);
+      block_max.fill(-std::numeric_limits<scalar_t>::infinity());
+      block_sum.fill(0);
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* row = data + r * cols + c0;
+        int64_t c = 0;
+        for (; c + Vec::size() <= width; c += Vec::size()) {
+          const Vec x = at::vec::fmadd(Vec::loadu(row + c), Vec(scale), Vec(bias));
+          at::vec::maximum(Vec::loadu(block_max.data() + c), x).store(block_max.data() + c);
+        }
+        for (; c < width; ++c) {
+          block_max[c] = std::max(block_max[c], row[c] * scale + bias);
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* row = data + r * cols + c0;
+        int64_t c = 0;
+        for (; c + Vec::size() <= width; c += Vec::size()) {
+          const Vec x = at::vec::fmadd(Vec::loadu(row + c), Vec(scale), Vec(bias));
+          (Vec::loadu(block_sum.data() + c) + (x - Vec::loadu(block_max.data() + c)).exp())
+              .store(block_sum.data() + c);
+        }
+        for (; c < width; ++c) {
+          block_sum[c] += std::exp(row[c] * scale + bias - block_max[c]);
+        }
+      }
+      for (int64_t c = 0; c < width; ++c) {
+        merge_lse(col_max[c0 + c], col_sum[c0 + c], block_max[c], block_sum[c]);
+      }
+    }
+  });
+}
+
+// logits of the positive pairs (i, i + offset): scale * <image_i, text_{i+offset}> + bias.
+at::Tensor positive_logits(const at::Tensor& image, const at::Tensor& text, int64_t offset, const at::Tensor& scale,
+                           const std::optional<at::Tensor>& bias) {
+  at::Tensor logits = (image * text.narrow(0, offset, image.size(0))).sum(1) * scale;
+  return bias.has_value() && bias->defined() ? logits + *bias : logits;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> clip_loss_forward_cpu(const at::Tensor& image_features,
+                                                                     const at::Tensor& text_features,
+                                                                     const at::Tensor& logit_scale,
+                                                                     const std::optional<at::Tensor>& logit_bias,
+                                                                     int64_t label_offset, bool symmetric) {
+  check_pairwise_args(image_features, text_features, logit_scale, logit_bias, label_offset, symmetric, false);
+  const at::Tensor image = pairwise_operand(image_features), text = pairwise_operand(text_features);
+  const auto options = image.options();
+  const int64_t rows = image.size(0), cols = text.size(0);
+  const at::Tensor scale = logit_scale.to(image.scalar_type());
+  const std::optional<at::Tensor> bias =
+      logit_bias.has_value() && logit_bias->defined() ? std::optional<at::Tensor>(logit_bias->to(image.scalar_type()))
+                                                      : std::nullopt;
+  at::Tensor row_max = at::full({rows}, -std::numeric_limits<double>::infinity(), options);
+  at::Tensor row_sum = at::zeros({rows}, options);
+  at::Tensor col_max = at::full({symmetric ? cols : 0}, -std::numeric_limits<double>::infinity(), options);
+  at::Tensor col_sum = at::zeros({symmetric ? cols : 0}, options);
+  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "clip_loss_forward_cpu", [&] {
+    const scalar_t s = scalar_value<scalar_t>(scale), b = bias ? scalar_value<scalar_t>(*bias) : scalar_t(0);
+    scalar_t* rmax = row_max.mutable_data_ptr<scalar_t>();
+    scalar_t* rsum = row_sum.mutable_data_ptr<scalar_t>();
+    scalar_t* cmax = col_max.mutable_data_ptr<scalar_t>();
+    scalar_t* csum = col_sum.mutable_data_ptr<scalar_t>();
+    for_each_product_tile(image, text, [&](const TileBounds& tile, const at::Tensor& products) {
+      update_row_stats<scalar_t>(products, s, b, rmax + tile.row_begin, rsum + tile.row_begin);
+      if (symmetric) {
+        update_col_stats<scalar_t>(products, s, b, cmax + tile.col_begin, csum + tile.col_begin);
+      }
+    });
+  });
+  const at::Tensor row_lse = row_max + row_sum.log();
+  const at::Tensor positives = positive_logits(image, text, label_offset, scale, bias);
+  at::Tensor loss = (row_lse - positives).mean();
+  at::Tensor col_lse = at::empty({0}, options);
+  if (symmetric) {
+    col_lse = col_max + col_sum.log();
+    loss = (loss + (col_lse - positives).mean()) / 2;
+  }
+  return {loss, row_lse, col_lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_loss_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& image_features, const at::Tensor& text_features,
+    const at::Tensor& logit_scale, const std::optional<at::Tensor>& logit_bias, const at::Tensor& row_lse,
+    const at::Tensor& col_lse, int64_t label_offset, bool symmetric, std::array<bool, 4> mask) {
+  check_pairwise_args(image_features, text_features, logit_scale, logit_bias, label_offset, symmetric, false);
+  const at::Tensor image = pairwise_operand(image_features), text = pairwise_operand(text_features);
+  const auto options = image.options();
+  const int64_t rows = image.size(0), cols = text.size(0);
+  TORCH_CHECK_VALUE(row_lse.dim() == 1 && row_lse.size(0) == rows, "row_lse: expected shape [", rows, "], got ",
+                    row_lse.sizes());
+  TORCH_CHECK_VALUE(!symmetric || (col_lse.dim() == 1 && col_lse.size(0) == cols), "col_lse: expected shape [",
+                    cols, "], got ", col_lse.sizes());
+  const bool has_bias = logit_bias.has_value() && logit_bias->defined();
+  const at::Tensor rlse = row_lse.to(image.scalar_type()).contiguous();
+  const at::Tensor clse = symmetric ? col_lse.to(image.scalar_type()).contiguous() : col_lse;
+  at::Tensor grad_image = mask[0] ? at::zeros({rows, image.size(1)}, options) : at::Tensor();
+  at::Tensor grad_text = mask[1] ? at::zeros({cols, text.size(1)}, options) : at::Tensor();
+  double grad_scale_sum = 0, grad_bias_sum = 0;
+  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "clip_loss_backward_cpu", [&] {
+    using Vec = Vectorized<scalar_t>;
+    const scalar_t s = scalar_value<scalar_t>(logit_scale);
+    const scalar_t b = has_bias ? scalar_value<scalar_t>(*logit_bias) : scalar_t(0);
+    const scalar_t g = scalar_value<scalar_t>(grad_loss);
+    // d loss / d logits: softmax_rows / B (+ softmax_cols / B, both halved when symmetric), minus
+    // 1 / B at each positive pair (twice 1 / 2B when symmetric).
+    const scalar_t weight = symmetric ? g / scalar_t(2 * rows) : g / scalar_t(rows);
+    const scalar_t positive = g / scalar_t(rows);
+    const scalar_t* rl = rlse.const_data_ptr<scalar_t>();
+    // The raw products of the positive pairs, for their term of the scale gradient.
+    const at::Tensor positive_products = (image * text.narrow(0, label_offset, rows)).sum(1).contiguous();
+    const scalar_t* pp = positive_products.const_data_ptr<scalar_t>();
+    const scalar_t* cl = symmetric ? clse.const_data_ptr<scalar_t>() : nullptr;
+    for_each_product_tile(image, text, [&](const TileBounds& tile, const at::Tensor& products) {
+      const int64_t tile_cols = tile.cols();
+      scalar_t* data = products.mutable_data_ptr<scalar_t>();
+      const int threads = at::get_num_threads();
+      std::vector<double> scale_part(threads, 0.0), bias_part(threads, 0.0);
+      at::parallel_for(0, tile.rows(), 16, [&](int64_t begin, int64_t end) {
+        const int thread = at::get_thread_num();
+        const Vec vs(s), vb(b), vw(weight);
+        Vec vscale_acc(0), vbias_acc(0);
+        double scale_acc = 0, bias_acc = 0;
+        for (int64_t r = begin; r < end; ++r) {
+          scalar_t* row = data + r * tile_cols;
+          const Vec vrow_lse(rl[tile.row_begin + r]);
+          int64_t c = 0;
+          for (; c + Vec::size() <= tile_cols; c += Vec::size()) {
+            const Vec product = Vec::loadu(row + c);
+            const Vec logit = at::vec::fmadd(product, vs, vb);
+            Vec p = (logit - vrow_lse).exp();
+            if (symmetric) {
+              p = p + (logit - Vec::loadu(cl + tile.col_begin + c)).exp();
+            }
+            const Vec grad = p * vw;
+            vscale_acc = at::vec::fmadd(grad, product, vscale_acc);
+            vbias_acc += grad;
+            grad.store(row + c);
+          }
+          for (; c < tile_cols; ++c) {
+            const scalar_t product = row[c], logit = product * s + b;
+            scalar_t p = std::exp(logit - rl[tile.row_begin + r]);
+            if (symmetric) {
+              p += std::exp(logit - cl[tile.col_begin + c]);
+            }
+            const scalar_t grad = p * weight;
+            scale_acc += grad * product;
+            bias_acc += grad;
+            row[c] = grad;
+          }
+          // The positive pair of this row, if the tile holds it.
+          const int64_t positive_col = tile.row_begin + r + label_offset - tile.col_begin;
+          if (positive_col >= 0 && positive_col < tile_cols) {
+            row[positive_col] -= positive;
+            bias_acc -= positive;
+            scale_acc -= positive * pp[tile.row_begin + r];
+          }
+        }
+        scale_part[thread] += scale_acc + sum_lanes(vscale_acc);
+        bias_part[thread] += bias_acc + sum_lanes(vbias_acc);
+      });
+      for (int t = 0; t < threads; ++t) {
+        grad_scale_sum += scale_part[t];
+        grad_bias_sum += bias_part[t];
+      }
+      // products now holds d loss / d logits for the tile.
+      if (mask[0]) {
+        at::Tensor block = grad_image.narrow(0, tile.row_begin, tile.rows());
+        block.addmm_(products, text.narrow(0, tile.col_begin, tile_cols), 1, s);
+      }
+      if (mask[1]) {
+        at::Tensor block = grad_text.narrow(0, tile.col_begin, tile_cols);
+        block.addmm_(products.t(), image.narrow(0, tile.row_begin, tile.rows()), 1, s);
+      }
+    });
+  });
+  const auto empty = at::empty({0}, image_features.options());
+  return {mask[0] ? grad_image.to(image_features.scalar_type()) : empty,
+          mask[1] ? grad_text.to(text_features.scalar_type()) : empty,
+          mask[2] ? at::full({}, grad_scale_sum, logit_scale.options()) : empty,
+          mask[3] && has_bias ? at::full({}, grad_bias_sum, logit_bias->options()) : empty};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
+  m.impl("clip_loss_forward", &clip_loss_forward_cpu);
+  m.impl("clip_loss_backward", &clip_loss_backward_cpu);
+}
+
+}  // namespace mmfast::cpu
