@@ -49,6 +49,8 @@ void check_pairwise_args(const at::Tensor& image, const at::Tensor& text, const 
                       " rows like image_features (one text per image), got ", text.size(0));
     TORCH_CHECK_VALUE(label_offset == 0, "label_offset: expected 0 for the symmetric loss, got ", label_offset);
   } else {
+    TORCH_CHECK_VALUE(text.size(0) >= image.size(0), "text_features: expected at least ", image.size(0),
+                      " rows (one text per image), got ", text.size(0));
     const int64_t most = text.size(0) - image.size(0);
     TORCH_CHECK_VALUE(label_offset >= 0 && label_offset <= most,
                       "label_offset: image row i pairs with text row i + label_offset, so expected 0 to ", most,

@@ -74,6 +74,11 @@ def check_contrastive_args(
             )
         if label_offset != 0:
             raise ValueError(f"label_offset: expected 0 for the symmetric loss, got {label_offset}")
+    elif text.shape[0] < image.shape[0]:
+        raise ValueError(
+            f"text_features: expected at least {image.shape[0]} rows (one text per image), "
+            f"got {text.shape[0]}"
+        )
     elif not 0 <= label_offset <= text.shape[0] - image.shape[0]:
         raise ValueError(
             f"label_offset: image row i pairs with text row i + label_offset, so expected 0 to "

@@ -115,7 +115,9 @@ def _register_fakes() -> None:
         )
 
     @torch.library.register_fake("mmfast::clip_loss_backward")
-    def _backward_fake(grad, image, text, logit_scale, logit_bias, row_lse, col_lse, label_offset, symmetric, mask):
+    def _backward_fake(
+        grad, image, text, logit_scale, logit_bias, row_lse, col_lse, label_offset, symmetric, mask
+    ):
         empty = image.new_empty([0])
         return (
             torch.empty_like(image, memory_format=torch.contiguous_format) if mask[0] else empty,

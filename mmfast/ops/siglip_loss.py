@@ -36,7 +36,9 @@ def siglip_loss_reference(
     """
     dtype = compute_dtype(image_features.dtype)
     device = image_features.device
-    logits = scalar_tensor(logit_scale, dtype, device) * (image_features.to(dtype) @ text_features.to(dtype).T)
+    logits = scalar_tensor(logit_scale, dtype, device) * (
+        image_features.to(dtype) @ text_features.to(dtype).T
+    )
     logits = logits + scalar_tensor(logit_bias, dtype, device)
     rows = image_features.shape[0]
     labels = -torch.ones_like(logits)
@@ -85,13 +87,17 @@ def siglip_loss(
             scalar_tensor(logit_bias, dtype, device),
             label_offset,
         )
-    return siglip_loss_reference(image_features, text_features, logit_scale, logit_bias, label_offset=label_offset)
+    return siglip_loss_reference(
+        image_features, text_features, logit_scale, logit_bias, label_offset=label_offset
+    )
 
 
 def _register_fakes() -> None:
     @torch.library.register_fake("mmfast::siglip_loss_forward")
     def _forward_fake(image, text, logit_scale, logit_bias, label_offset):
-        check_contrastive_args(image, text, logit_scale, logit_bias, label_offset, square=False, bias_required=True)
+        check_contrastive_args(
+            image, text, logit_scale, logit_bias, label_offset, square=False, bias_required=True
+        )
         return image.new_empty([], dtype=compute_dtype(image.dtype))
 
     @torch.library.register_fake("mmfast::siglip_loss_backward")
