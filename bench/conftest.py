@@ -14,6 +14,9 @@ import pytest
 # Saved-for-backward measurements: (op, shape, dtype, batch) -> {implementation: bytes}.
 SAVED_BYTES: dict[tuple, dict[str, int]] = defaultdict(dict)
 SAVED_FIELDS = ["op", "shape", "dtype", "batch", "mmfast_bytes", "eager_bytes"]
+# Peak resident memory of a loss step beyond its inputs: (op, shape, dtype, batch) -> {impl: MiB}.
+PEAK_MEMORY: dict[tuple, dict[str, float]] = defaultdict(dict)
+MEMORY_FIELDS = ["op", "shape", "dtype", "batch", "mmfast_mib", "eager_mib"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -21,6 +24,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--saved-csv", default=None, help="also write the saved-for-backward bytes to this CSV file"
     )
+    parser.addoption("--memory-csv", default=None, help="also write the peak-memory rows to this CSV file")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -119,6 +123,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         for (op, shape, dtype, batch), values in sorted(SAVED_BYTES.items()):
             fused, eager = values.get("mmfast", math.nan), values.get("eager", math.nan)
             table.append([op, shape, dtype, str(batch), _mib(fused), _mib(eager), _mib(eager - fused)])
+        _write_table(terminalreporter, table)
+
+    if PEAK_MEMORY:
+        path = config.getoption("--memory-csv")
+        if path:
+            with open(path, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(MEMORY_FIELDS)
+                for key, values in sorted(PEAK_MEMORY.items()):
+                    writer.writerow([*key, values.get("mmfast", ""), values.get("eager", "")])
+        terminalreporter.write_sep("=", "peak resident memory of one loss step beyond its inputs")
+        table = [["op", "shape", "dtype", "batch", "mmfast MiB", "eager MiB", "eager / mmfast"]]
+        for (op, shape, dtype, batch), values in sorted(PEAK_MEMORY.items()):
+            fused, eager = values.get("mmfast", math.nan), values.get("eager", math.nan)
+            ratio = f"{eager / fused:.1f}" if fused and not math.isnan(eager) else "-"
+            table.append([op, shape, dtype, str(batch), f"{fused:.1f}", f"{eager:.1f}", ratio])
         _write_table(terminalreporter, table)
 
 

@@ -58,7 +58,9 @@ def versions() -> str:
     return ", ".join(parts)
 
 
-def run_benchmarks(quick: bool, csv_path: Path, saved_csv_path: Path | None = None) -> int:
+def run_benchmarks(
+    quick: bool, csv_path: Path, saved_csv_path: Path | None = None, memory_csv_path: Path | None = None
+) -> int:
     command = [
         sys.executable,
         "-m",
@@ -72,6 +74,8 @@ def run_benchmarks(quick: bool, csv_path: Path, saved_csv_path: Path | None = No
     ]
     if saved_csv_path is not None:
         command.append(f"--saved-csv={saved_csv_path}")
+    if memory_csv_path is not None:
+        command.append(f"--memory-csv={memory_csv_path}")
     if quick:
         command += ["-m", "quick"]
     return subprocess.run(command, check=False).returncode
@@ -153,6 +157,48 @@ def saved_bytes_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(out)
 
 
+# The memory budget of the "largest batch" column: what a single 8 GiB machine or GPU holds.
+MEMORY_BUDGET_MIB = 8 * 1024
+
+
+def peak_memory_table(rows: list[dict[str, str]]) -> str:
+    """Peak resident memory of one contrastive-loss step, and the largest batch each
+    implementation ran within the budget."""
+    if not rows:
+        return ""
+    out = [
+        "### Peak memory of the contrastive losses",
+        "",
+        "Peak resident memory of one float32 forward+backward beyond the inputs and their gradients,",
+        "each case in a fresh process (Linux VmHWM, reset just before the step; CPUs have no",
+        "allocator peak to read). Eager is open_clip-style code that builds the B x B logits; it is",
+        "not run above B = 16384, where it needs tens of GiB.",
+        "",
+        "| op | shape | batch | mmfast MiB | eager MiB | eager / mmfast |",
+        "|---|---|---|---|---|---|",
+    ]
+    largest: dict[tuple[str, str], int] = {}
+    for row in rows:
+        cells = [row["op"], row["shape"], row["batch"]]
+        fused = float(row["mmfast_mib"]) if row["mmfast_mib"] else None
+        eager = float(row["eager_mib"]) if row["eager_mib"] else None
+        cells += [f"{fused:.1f}" if fused is not None else "-", f"{eager:.1f}" if eager is not None else "-"]
+        cells.append(f"{eager / fused:.1f}" if fused and eager else "-")
+        out.append("| " + " | ".join(cells) + " |")
+        for impl, value in (("mmfast", fused), ("eager", eager)):
+            if value is not None and value <= MEMORY_BUDGET_MIB:
+                key = (row["op"], impl)
+                largest[key] = max(largest.get(key, 0), int(row["batch"]))
+    out += [
+        "",
+        f"Largest batch measured within {MEMORY_BUDGET_MIB // 1024} GiB: "
+        + ", ".join(f"{op} {impl} {batch}" for (op, impl), batch in sorted(largest.items()))
+        + ".",
+        "",
+    ]
+    return "\n".join(out)
+
+
 def plot(rows: list[dict[str, str]], path: Path) -> None:
     """One panel per (op, shape): speed-up against eager and torch.compile for each mode, dtype and
     batch, with the break-even line at 1."""
@@ -222,6 +268,7 @@ def write_report(
     quick: bool,
     saved_rows: list[dict[str, str]] | None = None,
     runs: int = 1,
+    memory_rows: list[dict[str, str]] | None = None,
 ) -> Path:
     command = "python -m bench.report" + (" --quick" if quick else "")
     command += f" --runs {runs}" if runs > 1 else ""
@@ -242,6 +289,7 @@ def write_report(
             "",
             markdown_tables(rows),
             saved_bytes_table(saved_rows or []),
+            peak_memory_table(memory_rows or []),
             "![speed-ups](speedup.png)",
             "",
         ]
@@ -265,16 +313,20 @@ def main(argv: list[str] | None = None) -> int:
     runs, status = [], 0
     with tempfile.TemporaryDirectory() as tmp:
         saved_path = Path(tmp) / "saved.csv"
+        memory_path = Path(tmp) / "memory.csv"
         for run in range(args.runs):
             csv_path = Path(tmp) / f"ratios{run}.csv"
-            status = run_benchmarks(args.quick, csv_path, saved_path) or status
+            status = run_benchmarks(args.quick, csv_path, saved_path, memory_path) or status
             if csv_path.exists():
                 runs.append(read_rows(csv_path))
         if not runs:
             print("bench.report: the benchmarks produced no results", file=sys.stderr)
             return status or 1
         saved_rows = read_rows(saved_path) if saved_path.exists() else []
-        path = write_report(best_of_runs(runs), args.output_dir, args.quick, saved_rows, args.runs)
+        memory_rows = read_rows(memory_path) if memory_path.exists() else []
+        path = write_report(
+            best_of_runs(runs), args.output_dir, args.quick, saved_rows, args.runs, memory_rows
+        )
     print(f"wrote {path} and {args.output_dir / 'speedup.png'}")
     return status
 

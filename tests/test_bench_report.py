@@ -73,3 +73,22 @@ def test_several_runs_keep_each_implementations_best_time():
     assert abs(float(row["speedup_vs_eager"]) - 1.5) < 1e-9  # 3.0 ms / 2.0 ms
     assert abs(float(row["speedup_vs_compile"]) - 2.5) < 1e-9  # 5.0 ms / 2.0 ms
     assert row["op"] == "gated_fusion" and row["batch"] == "64"
+
+
+def test_report_shows_the_peak_memory_and_the_largest_batch_within_the_budget(tmp_path: Path):
+    from bench.conftest import MEMORY_FIELDS
+
+    _write_csv(tmp_path / "ratios.csv")
+    with open(tmp_path / "memory.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(MEMORY_FIELDS)
+        writer.writerow(["clip_loss", "D=256", "float32", "16384", "40.0", "4200.0"])
+        writer.writerow(["clip_loss", "D=256", "float32", "65536", "90.5", ""])
+    memory = read_rows(tmp_path / "memory.csv")
+    text = write_report(read_rows(tmp_path / "ratios.csv"), tmp_path, quick=True, memory_rows=memory).read_text(
+        encoding="utf-8"
+    )
+    assert "### Peak memory of the contrastive losses" in text
+    assert "| clip_loss | D=256 | 16384 | 40.0 | 4200.0 | 105.0 |" in text
+    assert "| clip_loss | D=256 | 65536 | 90.5 | - | - |" in text
+    assert "clip_loss eager 16384, clip_loss mmfast 65536" in text
