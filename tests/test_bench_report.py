@@ -85,9 +85,8 @@ def test_report_shows_the_peak_memory_and_the_largest_batch_within_the_budget(tm
         writer.writerow(["clip_loss", "D=256", "float32", "16384", "40.0", "4200.0"])
         writer.writerow(["clip_loss", "D=256", "float32", "65536", "90.5", ""])
     memory = read_rows(tmp_path / "memory.csv")
-    text = write_report(read_rows(tmp_path / "ratios.csv"), tmp_path, quick=True, memory_rows=memory).read_text(
-        encoding="utf-8"
-    )
+    report = write_report(read_rows(tmp_path / "ratios.csv"), tmp_path, quick=True, memory_rows=memory)
+    text = report.read_text(encoding="utf-8")
     assert "### Peak memory of the contrastive losses" in text
     assert "| clip_loss | D=256 | 16384 | 40.0 | 4200.0 | 105.0 |" in text
     assert "| clip_loss | D=256 | 65536 | 90.5 | - | - |" in text
