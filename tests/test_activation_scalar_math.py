@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mmfast.ops import ACTIVATIONS, apply_activation
+from tests._tolerances import SCALAR_ACTIVATION, tol
 
 ROOT = Path(__file__).resolve().parent.parent
 VALUES = [
@@ -90,14 +91,8 @@ def test_activation_names_match_the_header():
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize(
-    ("dtype", "torch_dtype", "tolerance"),
-    [
-        ("double", torch.float64, 1e-12),
-        ("float", torch.float32, 2e-6),
-    ],
-)
-def test_scalar_math_matches_pytorch(scalar_check, activation, dtype, torch_dtype, tolerance):
+@pytest.mark.parametrize(("dtype", "torch_dtype"), [("double", torch.float64), ("float", torch.float32)])
+def test_scalar_math_matches_pytorch(scalar_check, activation, dtype, torch_dtype):
     got = _run(scalar_check, dtype, activation)
     want = _expected(activation, torch_dtype)
-    torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(got, want, **tol(SCALAR_ACTIVATION[torch_dtype]))

@@ -13,6 +13,7 @@ import torch
 
 from tests._fusion_cases import leaves_of
 from tests._op_cases import CASES
+from tests._tolerances import FLOAT32_SMALL
 
 MODES = {
     "no_grad": torch.no_grad,
@@ -31,7 +32,7 @@ def test_unrecorded_call_matches_reference_and_builds_no_graph(op, mode):
     assert not out.requires_grad and out.grad_fn is None
     with torch.no_grad():
         expected = reference(*args)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, expected, **FLOAT32_SMALL)
 
 
 @pytest.mark.parametrize("op", CASES)
@@ -44,4 +45,4 @@ def test_recorded_call_after_unrecorded_one_still_differentiates(op):
     got = torch.autograd.grad(fn(*args).sum(), leaves)
     want = torch.autograd.grad(reference(*args).sum(), leaves)
     for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g, w, **FLOAT32_SMALL)

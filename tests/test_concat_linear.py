@@ -7,7 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from mmfast.ops import ACTIVATIONS, concat_linear, concat_linear_reference
-from tests._tolerances import assert_matches_reference
+from tests._tolerances import (
+    AUTOCAST_BFLOAT16,
+    FLOAT32_OTHER_LAYOUT,
+    FLOAT32_SMALL,
+    assert_matches_reference,
+)
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 
@@ -65,13 +70,11 @@ def test_forward_and_backward_match_reference(activation, dtype, shape):
 def test_without_bias(activation):
     xs, weight, _ = _make([6, 10], (9,), 8, torch.float32)
     out = concat_linear(xs, weight, None, activation)
-    torch.testing.assert_close(
-        out, concat_linear_reference(xs, weight, None, activation), rtol=1e-5, atol=1e-5
-    )
+    torch.testing.assert_close(out, concat_linear_reference(xs, weight, None, activation), **FLOAT32_SMALL)
     grads = torch.autograd.grad(out.sum(), [*xs, weight])
     expected = torch.autograd.grad(concat_linear_reference(xs, weight, None, activation).sum(), [*xs, weight])
     for got, want in zip(grads, expected):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, want, **FLOAT32_SMALL)
 
 
 def test_non_contiguous_inputs_give_the_contiguous_result():
@@ -83,13 +86,12 @@ def test_non_contiguous_inputs_give_the_contiguous_result():
     for activation in ACTIVATIONS:
         strided = concat_linear(xs, weight, bias, activation)
         dense = concat_linear([x.contiguous() for x in xs], weight.t().contiguous().t(), bias, activation)
-        torch.testing.assert_close(strided, dense, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(strided, dense, **FLOAT32_OTHER_LAYOUT)
     weight_t = torch.randn(38, 7).t()  # non-contiguous weight
     torch.testing.assert_close(
         concat_linear(xs, weight_t, bias, "silu"),
         concat_linear_reference(xs, weight_t, bias, "silu"),
-        rtol=1e-5,
-        atol=1e-5,
+        **FLOAT32_SMALL,
     )
 
 
@@ -103,7 +105,7 @@ def test_non_contiguous_3d_inputs_and_grad_output():
         concat_linear_reference(xs, weight, None, "gelu_tanh"), [*xs, weight], grad_out
     )
     for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g, w, **FLOAT32_SMALL)
 
 
 @pytest.mark.parametrize("lead", [(0,), (0, 4), (3, 0)])
@@ -141,9 +143,9 @@ def test_inference_mode_and_no_grad():
     xs, weight, bias = _make([7, 9], (4,), 5, torch.float32, requires_grad=False)
     expected = concat_linear_reference(xs, weight, bias, "gelu")
     with torch.no_grad():
-        torch.testing.assert_close(concat_linear(xs, weight, bias, "gelu"), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(concat_linear(xs, weight, bias, "gelu"), expected, **FLOAT32_SMALL)
     with torch.inference_mode():
-        torch.testing.assert_close(concat_linear(xs, weight, bias, "gelu"), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(concat_linear(xs, weight, bias, "gelu"), expected, **FLOAT32_SMALL)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -162,7 +164,7 @@ def test_autocast_behaves_like_linear(activation):
         out = concat_linear(xs, weight, bias, activation)
         expected = concat_linear_reference(xs, weight, bias, activation)
     assert out.dtype == expected.dtype == torch.bfloat16
-    torch.testing.assert_close(out, expected, rtol=1.6e-2, atol=1e-2)
+    torch.testing.assert_close(out, expected, **AUTOCAST_BFLOAT16)
 
 
 def test_saved_for_backward_holds_no_concatenation():
@@ -201,6 +203,4 @@ def test_matches_eager_pattern_in_bfloat16_and_float32_at_scale():
 
 def test_f_linear_equivalence_single_segment():
     x, weight, bias = torch.randn(3, 4, 10), torch.randn(6, 10), torch.randn(6)
-    torch.testing.assert_close(
-        concat_linear([x], weight, bias), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5
-    )
+    torch.testing.assert_close(concat_linear([x], weight, bias), F.linear(x, weight, bias), **FLOAT32_SMALL)

@@ -7,7 +7,7 @@ import torch
 
 import mmfast
 from mmfast.ops import ACTIVATIONS, concat_linear, concat_linear_reference
-from tests._tolerances import assert_matches_reference
+from tests._tolerances import AUTOCAST_CUDA, CUDA_FLOAT32, assert_matches_reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -29,23 +29,10 @@ def _make(sizes, lead, out_features, dtype, requires_grad=True):
 
 
 def _fp16_aware(actual, reference_fn, args, dtype):
-    if dtype == torch.float16:
-        # Same distance check as bfloat16: float16's own rounding sets the scale.
-        plain = reference_fn(*args).double()
-        exact = reference_fn(*[_double(a) for a in args])
-        err = (actual.double() - exact).abs().max().item()
-        base = (plain - exact).abs().max().item()
-        assert err <= 2 * base + 1e-3 * max(exact.abs().max().item(), 1e-3), (err, base)
-    else:
-        assert_matches_reference(actual, reference_fn, args, dtype)
-
-
-def _double(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().double()
-    if isinstance(value, list):
-        return [_double(v) for v in value]
-    return value
+    # float16 takes the same distance check as bfloat16: float16's own rounding sets the scale.
+    assert_matches_reference(
+        actual, reference_fn, args, dtype, distance_dtypes=(torch.bfloat16, torch.float16)
+    )
 
 
 def test_backend_info_reports_cuda_kernels():
@@ -79,9 +66,7 @@ def test_inference_epilogue_paths(activation):
     xs, weight, bias = _make([40, 24], (33,), 17, torch.float32, requires_grad=False)
     with torch.no_grad():
         out = concat_linear(xs, weight, bias, activation)
-    torch.testing.assert_close(
-        out, concat_linear_reference(xs, weight, bias, activation), rtol=1e-4, atol=1e-4
-    )
+    torch.testing.assert_close(out, concat_linear_reference(xs, weight, bias, activation), **CUDA_FLOAT32)
 
 
 def test_non_contiguous_and_empty():
@@ -91,8 +76,7 @@ def test_non_contiguous_and_empty():
     torch.testing.assert_close(
         concat_linear(xs, weight, bias, "silu"),
         concat_linear_reference(xs, weight, bias, "silu"),
-        rtol=1e-4,
-        atol=1e-4,
+        **CUDA_FLOAT32,
     )
     empty = [torch.randn(0, 3, device="cuda", requires_grad=True), torch.randn(0, 5, device="cuda")]
     w = torch.randn(4, 8, device="cuda", requires_grad=True)
@@ -118,9 +102,7 @@ def test_opcheck_and_compile(activation):
     torch._dynamo.reset()
     compiled = torch.compile(lambda a, b, w, c: concat_linear([a, b], w, c, activation), fullgraph=True)
     out = compiled(*xs, weight, bias)
-    torch.testing.assert_close(
-        out, concat_linear_reference(xs, weight, bias, activation), rtol=1e-4, atol=1e-4
-    )
+    torch.testing.assert_close(out, concat_linear_reference(xs, weight, bias, activation), **CUDA_FLOAT32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -130,7 +112,7 @@ def test_autocast_behaves_like_linear(dtype):
         out = concat_linear(xs, weight, bias, "gelu")
         expected = concat_linear_reference(xs, weight, bias, "gelu")
     assert out.dtype == expected.dtype == dtype
-    torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out, expected, **AUTOCAST_CUDA)
 
 
 def test_mixed_devices_are_rejected():

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmfast.ops import ACTIVATIONS, concat_linear, concat_linear_reference
+from tests._tolerances import FLOAT32_UNSCALED
 
 
 @settings(max_examples=60, deadline=None)
@@ -25,10 +26,10 @@ def test_random_shapes_match_reference(sizes, lead, out_features, activation, bi
     b = torch.randn(out_features, generator=generator, requires_grad=True) if bias else None
     out = concat_linear(xs, weight, b, activation)
     expected = concat_linear_reference(xs, weight, b, activation)
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out, expected, **FLOAT32_UNSCALED)
     leaves = [*xs, weight] + ([b] if bias else [])
     grad_out = torch.randn(out.shape, generator=generator)
     for got, want in zip(
         torch.autograd.grad(out, leaves, grad_out), torch.autograd.grad(expected, leaves, grad_out)
     ):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got, want, **FLOAT32_UNSCALED)

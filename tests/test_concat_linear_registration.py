@@ -1,4 +1,5 @@
-"""concat_linear as a torch.library op: opcheck, torch.compile, both CPU GEMM engines."""
+"""concat_linear as a torch.library op: opcheck, torch.compile, every CPU GEMM engine, the tuner's
+choices (through mmfast.ops.cpu_gemm, in-process; MMFAST_CPU_GEMM_VERBOSE in a fresh process)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import textwrap
 import pytest
 import torch
 
-from mmfast.ops import ACTIVATIONS, concat_linear, concat_linear_reference
+from mmfast import _backend
+from mmfast.ops import ACTIVATIONS, concat_linear, concat_linear_reference, cpu_gemm
+from tests._tolerances import CPU_ENGINES, EXACT, FLOAT32_SMALL, assert_scaled_error
 
 
 def _args(dtype=torch.float32, lead=(4, 3), sizes=(5, 7, 2), out_features=6, requires_grad=True):
@@ -61,11 +64,11 @@ def test_torch_compile_fullgraph(activation, dynamic):
         weight, bias = torch.randn(4, 9, requires_grad=True), torch.randn(4, requires_grad=True)
         out = compiled(x1, x2, weight, bias)
         expected = torch.tanh(concat_linear_reference([x1, x2], weight, bias, activation)).sum(-1)
-        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out, expected, **FLOAT32_SMALL)
         grads = torch.autograd.grad(out.sum(), [x1, x2, weight, bias])
         want = torch.autograd.grad(expected.sum(), [x1, x2, weight, bias])
         for got, ref in zip(grads, want):
-            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got, ref, **FLOAT32_SMALL)
 
 
 def test_compiled_graph_has_no_cat():
@@ -84,55 +87,80 @@ def test_compiled_graph_has_no_cat():
     assert "concat_linear" in code and "torch.cat" not in code
 
 
-@pytest.mark.parametrize(
-    "engine", ["aten", "aten_split_k", "aten_gathered", "aten_float32", "segment_gemv", "onednn"]
-)
-def test_both_cpu_gemm_engines_match_reference(engine):
+# Batches of up to 4 rows also offer segment_gemv; bfloat16 also aten_float32; float32 and float64
+# with several inputs aten_split_k.
+ENGINE_CASES = [
+    (torch.float32, 33),
+    (torch.bfloat16, 33),
+    (torch.float32, 2),
+    (torch.float64, 1),
+    (torch.bfloat16, 3),
+]
+
+
+@pytest.mark.parametrize("engine", cpu_gemm.engines() if _backend.extension_loaded() else [])
+@pytest.mark.parametrize(("dtype", "rows"), ENGINE_CASES, ids=lambda v: str(v).removeprefix("torch."))
+def test_every_cpu_gemm_engine_matches_reference(engine, dtype, rows):
     """The engine choice is made per shape at first use; each engine must be correct on its own."""
-    script = textwrap.dedent(
-        """
-        import torch
-        from mmfast.ops import ACTIVATIONS, concat_linear, concat_linear_reference
-        torch.manual_seed(0)
-        # Batches of up to 4 rows also try segment_gemv.
-        cases = ((torch.float32, 1e-4, 33), (torch.bfloat16, 6e-2, 33), (torch.float32, 1e-4, 2),
-                 (torch.float64, 1e-10, 1), (torch.bfloat16, 6e-2, 3))
-        for dtype, tol, rows in cases:
-            for act in ACTIVATIONS:
-                xs = [torch.randn(rows, d, dtype=dtype, requires_grad=True) for d in (40, 24, 9)]
-                w = (torch.randn(17, 73) / 8).to(dtype).requires_grad_()
-                b = torch.randn(17, dtype=dtype, requires_grad=True)
-                y = concat_linear(xs, w, b, act)
-                r = concat_linear_reference(xs, w, b, act)
-                g = torch.randn_like(y)
-                got = torch.autograd.grad(y, [*xs, w, b], g)
-                want = torch.autograd.grad(r, [*xs, w, b], g)
-                for a, e in zip((y, *got), (r, *want)):
-                    err = (a.float() - e.float()).abs().max().item() / (1 + e.float().abs().max().item())
-                    assert err < tol, (dtype, act, err)
-        print("ok")
-        """
-    )
-    env = {**os.environ, "MMFAST_CPU_GEMM": engine}
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    with cpu_gemm.force(engine):
+        for act in ACTIVATIONS:
+            xs = [torch.randn(rows, d, dtype=dtype, requires_grad=True) for d in (40, 24, 9)]
+            w = (torch.randn(17, 73) / 8).to(dtype).requires_grad_()
+            b = torch.randn(17, dtype=dtype, requires_grad=True)
+            y = concat_linear(xs, w, b, act)
+            r = concat_linear_reference(xs, w, b, act)
+            g = torch.randn_like(y)
+            got = torch.autograd.grad(y, [*xs, w, b], g)
+            want = torch.autograd.grad(r, [*xs, w, b], g)
+            for index, (a, e) in enumerate(zip((y, *got), (r, *want))):
+                assert_scaled_error(a, e, CPU_ENGINES[dtype], (engine, dtype, act, index))
 
 
-def _run_with_verbose_gemm_choices(script: str) -> subprocess.CompletedProcess:
-    """Runs `script` in a fresh process (an empty tuning cache) that prints each GEMM choice, with no
-    engine forced; fails unless it exits cleanly."""
-    env = {**os.environ, "MMFAST_CPU_GEMM_VERBOSE": "1"}
-    env.pop("MMFAST_CPU_GEMM", None)
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result
+def _forward_choices(rows_list, site="concat_linear.forward"):
+    """The tuner's choices for concat_linear of inputs [rows, 5] and [rows, 3] (k=8, n=4) for each row
+    count, timed from an empty memory."""
+    w, b = torch.randn(4, 8), torch.randn(4)
+    with cpu_gemm.force(None):  # the tuner chooses, whatever MMFAST_CPU_GEMM says
+        cpu_gemm.reset()
+        for rows in rows_list:
+            concat_linear([torch.randn(rows, 5), torch.randn(rows, 3)], w, b, "relu")
+    return [c for c in cpu_gemm.choices() if c.site == site]
 
 
-def test_verbose_gemm_choice_reports_each_candidate_time():
+def test_gemm_choice_names_the_site_and_reports_each_candidate_time():
+    (choice,) = _forward_choices([8])
+    assert (choice.m, choice.n, choice.k, choice.shape, choice.dtype) == (8, 4, 8, (8, 4, 8), torch.float32)
+    assert "aten" in choice.best_seconds and all(t > 0 for t in choice.best_seconds.values())
+    assert choice.engine in choice.best_seconds
+
+
+def test_gemm_choice_is_shared_by_a_size_class_of_rows():
+    """Row counts vary from call to call ([B, T, D] with varying T): one timing per size class
+    (exact up to 16 rows, then powers of two), not per row count."""
+    classes = [(c.shape[0], c.m) for c in _forward_choices([3, 4, *range(17, 33), 33, 64])]
+    assert classes == [(3, 3), (4, 4), (17, 32), (33, 64)]
+
+
+def test_deterministic_algorithms_take_the_plain_aten_path_without_timing():
+    """Timed GEMM choices can differ between processes and round differently; with
+    torch.use_deterministic_algorithms(True) every call runs ATen's GEMM, untimed."""
+    xs = [torch.randn(64, 128), torch.randn(64, 128)]
+    w, b = torch.randn(128, 256), torch.randn(128)
+    cpu_gemm.reset()
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with cpu_gemm.force(None):
+            got = concat_linear(xs, w, b, "relu")
+    finally:
+        torch.use_deterministic_algorithms(before)
+    want = torch.relu(torch.addmm(b, torch.cat(xs, 1), w.t()))
+    torch.testing.assert_close(got, want, **EXACT)
+    assert cpu_gemm.choices() == []
+
+
+def test_verbose_gemm_choice_prints_the_site_and_each_candidate_time():
+    """MMFAST_CPU_GEMM_VERBOSE is read once per process: a fresh one prints each choice to stderr."""
     script = textwrap.dedent(
         """
         import torch
@@ -141,49 +169,17 @@ def test_verbose_gemm_choice_reports_each_candidate_time():
         concat_linear(xs, torch.randn(4, 8), torch.randn(4), "relu")
         """
     )
-    result = _run_with_verbose_gemm_choices(script)
+    env = {**os.environ, "MMFAST_CPU_GEMM_VERBOSE": "1"}
+    env.pop("MMFAST_CPU_GEMM", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
     choice = re.search(
-        r"GEMM site concat_linear.forward, m=8 n=4 k=8 \(size class 8 4 8\) Float variant \d+: (.*) -> (\w+)", result.stderr
+        r"GEMM site concat_linear.forward, m=8 n=4 k=8 \(size class 8 4 8\) Float variant \d+: (.*) -> (\w+)",
+        result.stderr,
     )
     assert choice is not None, result.stderr[-2000:]
     timed = dict(re.findall(r"(\w+)=([0-9.]+)us", choice.group(1)))
     assert "aten" in timed and all(float(t) > 0 for t in timed.values())
     assert choice.group(2) in timed
-
-
-def test_gemm_choice_is_shared_by_a_size_class_of_rows():
-    """Row counts vary from call to call ([B, T, D] with varying T): one timing per size class
-    (exact up to 16 rows, then powers of two), not per row count."""
-    script = textwrap.dedent(
-        """
-        import torch
-        from mmfast.ops import concat_linear
-        w, b = torch.randn(4, 8), torch.randn(4)
-        for rows in [3, 4, *range(17, 33), 33, 64]:
-            concat_linear([torch.randn(rows, 5), torch.randn(rows, 3)], w, b, "relu")
-        """
-    )
-    result = _run_with_verbose_gemm_choices(script)
-    classes = re.findall(r"GEMM site concat_linear.forward, m=(\d+) n=4 k=8 \(size class (\d+) 4 8\)", result.stderr)
-    assert classes == [("3", "3"), ("4", "4"), ("17", "32"), ("33", "64")], result.stderr[-2000:]
-
-
-def test_deterministic_algorithms_take_the_plain_aten_path_without_timing():
-    """Timed GEMM choices can differ between processes and round differently; with
-    torch.use_deterministic_algorithms(True) every call runs ATen's GEMM, untimed."""
-    script = textwrap.dedent(
-        """
-        import torch
-        from mmfast.ops import concat_linear
-        torch.use_deterministic_algorithms(True)
-        torch.manual_seed(0)
-        xs = [torch.randn(64, 128), torch.randn(64, 128)]
-        w, b = torch.randn(128, 256), torch.randn(128)
-        got = concat_linear(xs, w, b, "relu")
-        want = torch.relu(torch.addmm(b, torch.cat(xs, 1), w.t()))
-        print(torch.equal(got, want))
-        """
-    )
-    result = _run_with_verbose_gemm_choices(script)
-    assert result.stdout.strip() == "True"
-    assert "GEMM site" not in result.stderr

@@ -8,6 +8,7 @@ import torch
 
 from tests._fusion_cases import leaves_of
 from tests._op_cases import CASES
+from tests._tolerances import FLOAT32_SMALL
 
 BACKWARD_OPS = {
     "concat_linear": "mmfast::concat_linear_backward",
@@ -37,4 +38,4 @@ def test_create_graph_alone_gives_the_reference_gradients(op):
     reference = CASES[op][2]
     want = torch.autograd.grad(reference(*args).square().sum(), leaves)
     for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g, w, **FLOAT32_SMALL)

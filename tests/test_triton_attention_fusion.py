@@ -19,6 +19,7 @@ import pytest  # noqa: E402
 from mmfast.ops import attention_fusion_reference  # noqa: E402
 from mmfast.triton import _common  # noqa: E402
 from mmfast.triton.attention_fusion import attention_fusion_backward, attention_fusion_forward  # noqa: E402
+from tests._tolerances import FLOAT32_SMALL, TRITON_DISTANCE_SLACK, assert_distance  # noqa: E402
 
 if not _common.INTERPRETED and not torch.cuda.is_available():
     raise RuntimeError(
@@ -33,10 +34,6 @@ needs_compiled_cuda = pytest.mark.skipif(
     reason="needs a CUDA device running the compiled kernels",
 )
 ALL_GRADS = (True, True, True, True, True)
-
-# Allowed error beyond twice the plain-PyTorch error, relative to the largest exact value.
-_SLACK = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
-
 
 class Case:
     """Inputs ``[*lead, D_m]`` and parameters scaled so scores and projections are O(1)."""
@@ -134,9 +131,7 @@ def _assert_matches(case, actual, dtype):
             if expected is None:
                 assert value is None, name
                 continue
-            torch.testing.assert_close(
-                value, expected, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}"
-            )
+            torch.testing.assert_close(value, expected, **FLOAT32_SMALL, msg=lambda m, n=name: f"{n}: {m}")
         return
     exact = _named(*case.reference(torch.float64))
     for (name, value), (_, expected), (_, reference) in zip(got, exact, plain):
@@ -144,10 +139,7 @@ def _assert_matches(case, actual, dtype):
             assert value is None, name
             continue
         assert value.dtype == dtype and value.shape == expected.shape, name
-        fused_error = (value.double() - expected).abs().max().item()
-        plain_error = (reference.double() - expected).abs().max().item()
-        scale = max(expected.abs().max().item(), 1e-3)
-        assert fused_error <= 2 * plain_error + _SLACK[dtype] * scale, (name, fused_error, plain_error, scale)
+        assert_distance(value, reference, expected, TRITON_DISTANCE_SLACK[dtype], name)
 
 
 # (dims D_m, leading dims, D_out, projection biases, score bias): M = 1, 2, 3 and 5, odd dims, 1 to
@@ -192,7 +184,7 @@ def test_backward_computes_only_what_is_needed(needs_grad):
             assert got is None
             continue
         for g, w in zip(got, want) if isinstance(want, list) else [(got, want)]:
-            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(g, w, **FLOAT32_SMALL)
 
 
 def test_zero_rows():
@@ -263,10 +255,7 @@ def test_cuda_realistic_sizes(dims, lead, out_dim, dtype):
     exact = _named(*case.reference(torch.float64))
     plain = _named(*case.reference(dtype))
     for (name, value), (_, expected), (_, reference) in zip(got, exact, plain):
-        fused_error = (value.double() - expected).abs().max().item()
-        plain_error = (reference.double() - expected).abs().max().item()
-        scale = max(expected.abs().max().item(), 1e-3)
-        assert fused_error <= 2 * plain_error + _SLACK[dtype] * scale, (name, fused_error, plain_error, scale)
+        assert_distance(value, reference, expected, TRITON_DISTANCE_SLACK[dtype], name)
 
 
 @pytest.mark.parametrize("rows", [5, 37])

@@ -19,6 +19,12 @@ import pytest  # noqa: E402
 from mmfast.ops import gated_fusion_reference  # noqa: E402
 from mmfast.triton import _common  # noqa: E402
 from mmfast.triton.gated_fusion import gated_fusion_backward, gated_fusion_forward  # noqa: E402
+from tests._tolerances import (  # noqa: E402
+    FLOAT32_PROBABILITIES,
+    FLOAT32_SMALL,
+    TRITON_DISTANCE_SLACK,
+    assert_distance,
+)
 
 if not _common.INTERPRETED and not torch.cuda.is_available():
     raise RuntimeError(
@@ -32,10 +38,6 @@ needs_compiled_cuda = pytest.mark.skipif(
     not torch.cuda.is_available() or _common.INTERPRETED,
     reason="needs a CUDA device running the compiled kernels",
 )
-
-# Allowed error beyond twice the plain-PyTorch error, relative to the largest exact value.
-_SLACK = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
-
 
 def _make_case(count, shape, dtype, bias, device=DEVICE):
     """Inputs ``shape`` (last dim D), a weight scaled so the logits are O(1), an optional bias."""
@@ -77,15 +79,12 @@ def _assert_matches(actual, xs, weight, bias, grad_out, dtype):
     plain = _reference_with_grads(xs, weight, bias, grad_out, dtype)
     if dtype == torch.float32:
         for name, got, expected in zip(_names(len(xs), bias), actual, plain):
-            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+            torch.testing.assert_close(got, expected, **FLOAT32_SMALL, msg=lambda m, n=name: f"{n}: {m}")
         return
     exact = _reference_with_grads(xs, weight, bias, grad_out, torch.float64)
     for name, got, expected, reference in zip(_names(len(xs), bias), actual, exact, plain):
         assert got.dtype == dtype and got.shape == expected.shape, name
-        fused_error = (got.double() - expected).abs().max().item()
-        plain_error = (reference.double() - expected).abs().max().item()
-        scale = max(expected.abs().max().item(), 1e-3)
-        assert fused_error <= 2 * plain_error + _SLACK[dtype] * scale, (name, fused_error, plain_error, scale)
+        assert_distance(got, reference, expected, TRITON_DISTANCE_SLACK[dtype], name)
 
 
 def _names(count, bias):
@@ -128,7 +127,7 @@ def test_gates_are_the_reference_gates(count):
         expected = torch.sigmoid(logits)
     else:
         expected = torch.softmax(logits.unflatten(-1, (count, 9)), dim=-2).flatten(-2)
-    torch.testing.assert_close(gates, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gates, expected, **FLOAT32_PROBABILITIES)
 
 
 @pytest.mark.parametrize("count", [2, 3])
@@ -144,9 +143,9 @@ def test_backward_computes_only_what_is_needed(count, needs_grad):
             assert got is None
         elif isinstance(want, list):
             for g, w in zip(got, want):
-                torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(g, w, **FLOAT32_SMALL)
         else:
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got, want, **FLOAT32_SMALL)
 
 
 def test_zero_rows():
@@ -194,10 +193,7 @@ def test_cuda_realistic_sizes(count, shape, dtype):
     exact = _reference_with_grads(xs, weight, bias, grad_out, torch.float64)
     plain = _reference_with_grads(xs, weight, bias, grad_out, dtype)
     for name, got, expected, reference in zip(_names(count, bias), actual, exact, plain):
-        fused_error = (got.double() - expected).abs().max().item()
-        plain_error = (reference.double() - expected).abs().max().item()
-        scale = max(expected.abs().max().item(), 1e-3)
-        assert fused_error <= 2 * plain_error + _SLACK[dtype] * scale, (name, fused_error, plain_error, scale)
+        assert_distance(got, reference, expected, TRITON_DISTANCE_SLACK[dtype], name)
 
 
 def test_availability_describes_how_the_kernels_run():

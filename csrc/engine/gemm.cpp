@@ -4,6 +4,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -44,24 +45,64 @@ constexpr size_t kMaxTunedShapes = 4096;
 constexpr int kMinTimedRounds = 5;
 constexpr int kMaxTimedRounds = 50;
 constexpr double kTuningBudgetSeconds = 0.02;
-// A candidate other than the plain ATen path must beat it by this factor to be chosen: timings on
-// a shared machine are noisy, and a wrong pick costs more than a near-tie gains.
-constexpr double kRequiredGain = 0.9;
+// Candidates whose best times are within this fraction of the fastest's are tied: timings on a
+// shared machine are noisy, and a pick between near-equals would otherwise flip from run to run.
+// Tied candidates get further rounds (at least kMinTieRounds, then up to kMaxTieRounds while they
+// have cost less than kTieBudgetSeconds); a tie that remains goes to the earliest candidate, the
+// plain ATen path where it is among them, since a wrong pick costs more than a near-tie gains.
+constexpr double kTieMargin = 0.03;
+constexpr int kMinTieRounds = 5;
+constexpr int kMaxTieRounds = 200;
+constexpr double kTieBudgetSeconds = 0.03;
 
+struct Remembered {
+  std::string engine;  // the chosen candidate's name
+  int64_t m, n, k;  // the shape it was timed on
+  std::vector<std::pair<std::string, double>> best_seconds;
+  uint64_t order;  // when it was chosen, for listing oldest first
+};
+
+// Guards the remembered choices and the forced engine.
 std::mutex tune_mutex;
-// Key -> name of the chosen candidate (names are string literals with static storage).
-std::unordered_map<TuneKey, std::string, TuneKeyHash>& tune_cache() {
-  static std::unordered_map<TuneKey, std::string, TuneKeyHash> cache;
+std::unordered_map<TuneKey, Remembered, TuneKeyHash>& tune_cache() {
+  static std::unordered_map<TuneKey, Remembered, TuneKeyHash> cache;
   return cache;
 }
+uint64_t next_order = 0;
 
-const std::string& forced_candidate() {
-  static const std::string forced = [] {
+std::string valid_engine_names() {
+  std::string names;
+  for (const char* name : kGemmEngineNames) {
+    names += (names.empty() ? "" : ", ") + std::string(name);
+  }
+  return names;
+}
+
+// The forced engine ("" for none). Until force_gemm_engine is first called, MMFAST_CPU_GEMM's
+// value, read once at the first use; `env_error` is set while that value is unknown.
+struct ForcedState {
+  bool read_environment = false;
+  std::string engine;
+  std::string env_error;
+};
+ForcedState forced_state;
+
+// Reads MMFAST_CPU_GEMM on first use; call with tune_mutex held.
+ForcedState& forced_locked() {
+  if (!forced_state.read_environment) {
+    forced_state.read_environment = true;
     const char* env = std::getenv("MMFAST_CPU_GEMM");
     const std::string value = env == nullptr ? "" : env;
-    return value == "auto" ? std::string() : value;
-  }();
-  return forced;
+    if (value.empty() || value == "auto") {
+      forced_state.engine.clear();
+    } else if (is_gemm_engine(value)) {
+      forced_state.engine = value;
+    } else {
+      forced_state.env_error = "MMFAST_CPU_GEMM='" + value + "' is not a CPU GEMM engine: expected one of " +
+                               valid_engine_names() + ", or auto (or unset) to let the tuner choose";
+    }
+  }
+  return forced_state;
 }
 
 bool verbose() {
@@ -98,7 +139,7 @@ TuneKey size_classes_of(const TuneKey& key) {
   return classes;
 }
 
-bool is_onednn(const GemmCandidate& candidate) { return std::string(candidate.name) == "onednn"; }
+bool is_onednn(const GemmCandidate& candidate) { return std::string_view(candidate.name) == "onednn"; }
 
 double time_once(const std::function<at::Tensor()>& candidate) {
   const auto start = std::chrono::steady_clock::now();
@@ -120,6 +161,59 @@ const char* onednn_attr(Activation act) {
 }
 
 }  // namespace
+
+bool is_gemm_engine(const std::string& name) {
+  for (const char* engine : kGemmEngineNames) {
+    if (name == engine) {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string forced_gemm_engine() {
+  std::lock_guard<std::mutex> lock(tune_mutex);
+  const ForcedState& state = forced_locked();
+  TORCH_CHECK_VALUE(state.env_error.empty(), state.env_error);
+  return state.engine;
+}
+
+std::string force_gemm_engine(const std::string& name) {
+  const std::string engine = name == "auto" ? std::string() : name;
+  TORCH_CHECK_VALUE(engine.empty() || is_gemm_engine(engine), "'", name,
+                    "' is not a CPU GEMM engine: expected one of ", valid_engine_names(),
+                    ", or None / 'auto' to let the tuner choose");
+  std::lock_guard<std::mutex> lock(tune_mutex);
+  ForcedState& state = forced_locked();
+  std::string previous = state.env_error.empty() ? state.engine : std::string();
+  state.engine = engine;
+  state.env_error.clear();
+  return previous;
+}
+
+std::vector<GemmChoice> gemm_choices() {
+  std::vector<std::pair<uint64_t, GemmChoice>> ordered;
+  {
+    std::lock_guard<std::mutex> lock(tune_mutex);
+    for (const auto& [key, remembered] : tune_cache()) {
+      ordered.push_back({remembered.order,
+                         GemmChoice{key, remembered.m, remembered.n, remembered.k, remembered.engine,
+                                    remembered.best_seconds}});
+    }
+  }
+  std::sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<GemmChoice> choices;
+  choices.reserve(ordered.size());
+  for (auto& entry : ordered) {
+    choices.push_back(std::move(entry.second));
+  }
+  return choices;
+}
+
+void reset_gemm_choices() {
+  std::lock_guard<std::mutex> lock(tune_mutex);
+  tune_cache().clear();
+}
 
 bool onednn_supports(at::ScalarType dtype) {
   if (!at::hasMKLDNN() || !at::globalContext().userEnabledMkldnn()) {
@@ -161,16 +255,24 @@ at::Tensor float32_linear(const at::Tensor& x, const at::Tensor& w, const std::o
 
 at::Tensor run_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate>& candidates) {
   TORCH_INTERNAL_ASSERT(!candidates.empty());
+  const TuneKey key = size_classes_of(shape_key);
+  std::string forced;
+  {
+    std::lock_guard<std::mutex> lock(tune_mutex);
+    const ForcedState& state = forced_locked();
+    // Never a silent fallback: an engine asked for by a misspelt name would go untested.
+    TORCH_CHECK_VALUE(state.env_error.empty(), state.env_error);
+    forced = state.engine;
+  }
   // A timed choice can differ between processes, and the candidates round differently; under
   // torch.use_deterministic_algorithms(True) every call takes the plain ATen path instead.
   if (at::globalContext().deterministicAlgorithms()) {
     return candidates[0].run();
   }
-  const TuneKey key = size_classes_of(shape_key);
   const bool onednn_ok = onednn_supports(key.dtype);
-  if (!forced_candidate().empty()) {
+  if (!forced.empty()) {
     for (const auto& candidate : candidates) {
-      if (forced_candidate() == candidate.name && (onednn_ok || !is_onednn(candidate))) {
+      if (forced == candidate.name && (onednn_ok || !is_onednn(candidate))) {
         return candidate.run();
       }
     }
@@ -181,11 +283,15 @@ at::Tensor run_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate
     const auto found = tune_cache().find(key);
     if (found != tune_cache().end()) {
       for (const auto& candidate : candidates) {
-        if (found->second == candidate.name) {
+        if (found->second.engine == candidate.name) {
           return candidate.run();
         }
       }
     }
+  }
+  for (const auto& candidate : candidates) {
+    TORCH_INTERNAL_ASSERT(is_gemm_engine(candidate.name), "GEMM site ", key.site.name, " offers '",
+                          candidate.name, "', which is not in kGemmEngineNames (csrc/engine/gemm.h)");
   }
   // One warm-up run each (it also builds oneDNN's primitive), then rounds that time every
   // candidate in turn, so that a change of machine load affects them all alike; best time each.
@@ -204,29 +310,58 @@ at::Tensor run_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate
       }
     }
   }
+  auto time_round = [&](const std::vector<size_t>& which) {
+    double seconds_spent = 0;
+    for (size_t i : which) {
+      const double seconds = time_once(candidates[i].run);
+      best_times[i] = std::min(best_times[i], seconds);
+      seconds_spent += seconds;
+    }
+    return seconds_spent;
+  };
+  std::vector<size_t> runnable;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    if (best_times[i] >= 0) {
+      runnable.push_back(i);
+    }
+  }
   double spent = 0;
   for (int round = 0; round < kMaxTimedRounds && (round < kMinTimedRounds || spent < kTuningBudgetSeconds);
        ++round) {
-    for (size_t i = 0; i < candidates.size(); ++i) {
-      if (best_times[i] >= 0) {
-        const double seconds = time_once(candidates[i].run);
-        best_times[i] = std::min(best_times[i], seconds);
-        spent += seconds;
+    spent += time_round(runnable);
+  }
+  // The candidates within kTieMargin of the fastest, in candidate order.
+  auto tied = [&] {
+    double fastest = std::numeric_limits<double>::infinity();
+    for (size_t i : runnable) {
+      fastest = std::min(fastest, best_times[i]);
+    }
+    std::vector<size_t> near;
+    for (size_t i : runnable) {
+      if (best_times[i] <= fastest * (1 + kTieMargin)) {
+        near.push_back(i);
       }
     }
+    return near;
+  };
+  std::vector<size_t> contenders = tied();
+  double tie_spent = 0;
+  for (int round = 0; contenders.size() > 1 && round < kMaxTieRounds &&
+                      (round < kMinTieRounds || tie_spent < kTieBudgetSeconds);
+       ++round) {
+    tie_spent += time_round(contenders);
+    contenders = tied();
   }
-  size_t best = 0;
-  for (size_t i = 1; i < candidates.size(); ++i) {
-    if (best_times[i] >= 0 && best_times[i] < kRequiredGain * best_times[0] && best_times[i] < best_times[best]) {
-      best = i;
-    }
+  // The fastest, or where a tie remains the earliest of the tied (candidate 0 is ATen).
+  const size_t best = contenders.front();
+  std::vector<std::pair<std::string, double>> best_seconds;
+  for (size_t i : runnable) {
+    best_seconds.emplace_back(candidates[i].name, best_times[i]);
   }
   if (verbose()) {
     std::string timings;
-    for (size_t i = 0; i < candidates.size(); ++i) {
-      if (best_times[i] >= 0) {
-        timings += " " + std::string(candidates[i].name) + "=" + std::to_string(best_times[i] * 1e6) + "us";
-      }
+    for (const auto& [name, seconds] : best_seconds) {
+      timings += " " + name + "=" + std::to_string(seconds * 1e6) + "us";
     }
     std::fprintf(stderr,
                  "mmfast: GEMM site %s, m=%lld n=%lld k=%lld (size class %lld %lld %lld) %s variant %d:%s -> %s\n",
@@ -240,7 +375,8 @@ at::Tensor run_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate
     if (tune_cache().size() >= kMaxTunedShapes) {
       tune_cache().clear();
     }
-    tune_cache().insert_or_assign(key, candidates[best].name);
+    tune_cache().insert_or_assign(key, Remembered{candidates[best].name, shape_key.m, shape_key.n, shape_key.k,
+                                                  std::move(best_seconds), next_order++});
   }
   return candidates[best].run();
 }
