@@ -2,6 +2,7 @@
 
 from mmfast.nn.attention_fusion import AttentionFusion
 from mmfast.nn.concat_linear import ConcatLinear
+from mmfast.nn.contrastive import ContrastiveLoss
 from mmfast.nn.gated_fusion import GatedFusion
 
-__all__ = ["AttentionFusion", "ConcatLinear", "GatedFusion"]
+__all__ = ["AttentionFusion", "ConcatLinear", "ContrastiveLoss", "GatedFusion"]
