@@ -40,7 +40,16 @@ SCRIPT = textwrap.dedent(
         for dims, out_dim, lead in [([5, 17], 9, (6,)), ([33, 17, 5], 19, (2, 3)), ([4, 3, 8, 2], 7, (5,))]:
             args = list(attention_args(dims, out_dim, lead, dtype))
             check(attention_fusion, attention_fusion_reference, args, dtype)
+    from mmfast.ops import clip_loss, clip_loss_reference, siglip_loss, siglip_loss_reference
+
+    # The losses take float32, float64 and bfloat16 features (the interpreter's bfloat16 is wrong).
+    a, b = (torch.randn(37, 17, requires_grad=True) for _ in range(2))
+    scale, bias = torch.tensor(3.0, requires_grad=True), torch.tensor(-1.0, requires_grad=True)
+    for fused, reference in ((clip_loss, clip_loss_reference), (siglip_loss, siglip_loss_reference)):
+        check(fused, reference, [a, b, scale, bias], torch.float32)
+    assert mmfast.backend_info()["clip_loss"]["cpu"].startswith("triton"), mmfast.backend_info()
     assert "mmfast.triton.gated_fusion" in sys.modules and "mmfast.triton.attention_fusion" in sys.modules
+    assert "mmfast.triton.clip_loss" in sys.modules and "mmfast.triton.siglip_loss" in sys.modules
     assert mmfast.backend_info()["gated_fusion"]["cpu"].startswith("triton"), mmfast.backend_info()
     try:
         gated_fusion(*gated_args(9, 2, (3,), torch.float32))

@@ -135,5 +135,6 @@ DESCRIPTOR = _registry.register(
         compiled={"cpu": "cpp (tiled logits through ATen GEMMs, both log-sum-exps in one pass)"},
         register_fakes=_register_fakes,
         min_inputs=2,
+        triton="mmfast.triton.clip_loss",
     )
 )

@@ -119,5 +119,6 @@ DESCRIPTOR = _registry.register(
         compiled={"cpu": "cpp (tiled logits through ATen GEMMs, one pass each way)"},
         register_fakes=_register_fakes,
         min_inputs=2,
+        triton="mmfast.triton.siglip_loss",
     )
 )
