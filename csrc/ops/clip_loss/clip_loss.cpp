@@ -1,7 +1,7 @@
 // clip_loss: CLIP's symmetric contrastive loss without the B x B logit matrix (definition:
 // mmfast/ops/clip_loss.py). This file holds the op whole but for its kernels: the schemas, the
 // composite entry point and the autograd formula, the only one (the CPU kernel is
-// clip_loss_cpu.cpp; the argument checks are shared with siglip_loss in engine/pairwise.h).
+// clip_loss_cpu.cpp; the argument checks are shared with the other pairwise loss in engine/pairwise.h).
 //
 // The forward keeps, beyond its inputs, only the row and column log-sum-exps (O(B) numbers); the
 // backward recomputes the logit tiles from the features. `clip_loss_backward` is an op of its own
