@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
-from mmfast.train.config import AUTOCAST_CHOICES, DEVICE_CHOICES, config_defaults
+from mmfast.train.config import AUTOCAST_CHOICES, DEVICE_CHOICES, LOSS_CHOICES, TASK_CHOICES, config_defaults
 
 # The names mmfast.models and mmfast.data define, repeated so that the parser imports neither.
 FUSIONS = ("concat", "gated", "attention", "transformer")
-DATASETS = ("av-digits", "synthetic")
+DATASETS = ("av-digits", "scenes", "synthetic")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -52,6 +52,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
             help = f"{help} (default: %(default)s)" if help else "default: %(default)s"
         parser.add_argument(flag, dest=name, default=default, help=help, **kwargs)
 
+    option("--task", "classification, or image-text retrieval (a dual encoder)", choices=TASK_CHOICES)
     option("--dataset", "", choices=DATASETS)
     option("--fusion", "", choices=FUSIONS)
     option(
@@ -66,8 +67,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     option("--weight-decay", "", type=float)
     option("--warmup-ratio", "warm-up fraction", type=float)
     option("--grad-clip", "max gradient norm, 0 = off", type=float)
-    option("--patience", "early stopping: epochs without better val accuracy, 0 = off", type=int)
+    option(
+        "--patience",
+        "early stopping: epochs without better val accuracy (retrieval: mean recall@1), 0 = off",
+        type=int,
+    )
     option("--hidden", "encoder / fusion width", type=_positive_int)
+    option("--loss", "retrieval: contrastive loss", choices=LOSS_CHOICES)
+    option("--embed-dim", "retrieval: size of the joint embedding", type=_positive_int)
     option("--dropout", "dropout before the head", type=float)
     option("--modality-dropout", "train-time probability of dropping a modality", type=float)
     option("--seed", "seeds weights, data order, split", type=int)
@@ -75,7 +82,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     option("--autocast", "bfloat16 autocast", choices=AUTOCAST_CHOICES)
     option("--device", "", choices=DEVICE_CHOICES)
     data = parser.add_argument_group("dataset options (see mmfast.data.load_dataset)")
-    data.add_argument("--image-size", type=_positive_int, help="resize images to this side")
+    data.add_argument("--image-size", type=_positive_int, help="resize (scenes: draw) images to this side")
     data.add_argument(
         "--corrupt-images", choices=("noise", "occlusion"), help="av-digits: corrupt every image"
     )
@@ -86,6 +93,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--num-classes", type=_positive_int, help="synthetic: 2 to 8 classes")
     data.add_argument("--difficulty", type=float, help="synthetic: in [0, 1], 0 = clean")
     data.add_argument("--n-mels", type=_positive_int, help="synthetic: mel bands of the audio")
+    data.add_argument("--num-train", type=_positive_int, help="scenes: training pairs (default 5000)")
+    data.add_argument("--num-val", type=_positive_int, help="scenes: validation pairs (default 1000)")
+    data.add_argument("--num-test", type=_positive_int, help="scenes: test gallery pairs (default 1000)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -129,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train",
-        help="train a multimodal classifier",
-        description="Train a multimodal classifier and write checkpoints (last.pt, best.pt), log.jsonl, "
+        help="train a multimodal classifier or an image-text retrieval model",
+        description="Train a multimodal classifier (or, with --task retrieval, an image-text dual encoder "
+        "with --loss clip or siglip) and write checkpoints (last.pt, best.pt), log.jsonl, "
         "curves.png and metrics.json (final test metrics under 'test') to --out. "
         "Under torchrun, trains data-parallel (gloo on CPU, nccl on GPU).",
     )
@@ -161,9 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="the AV-digits demo: fusions, single-modality baselines, corrupted images, fused vs reference",
+        help="the AV-digits demo: fusions, single-modality baselines, corrupted images, fused vs reference, "
+        "and a short image-text retrieval run",
         description="Train AV-digits with each fusion, image-only and audio-only baselines, the same with "
-        "corrupted images, and time the fused model's training step against its plain-PyTorch twin.",
+        "corrupted images, and time the fused model's training step against its plain-PyTorch twin; then "
+        "train a short image-text retrieval run on the generated scenes and rank its test gallery.",
     )
     demo.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default: runs/demo)")
     demo.add_argument("--quick", action="store_true", help="fewer epochs (a smoke test, lower accuracy)")

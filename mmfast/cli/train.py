@@ -12,6 +12,7 @@ from typing import Any
 from mmfast.train.config import TrainConfig
 from mmfast.train.evaluation import evaluate_checkpoint
 from mmfast.train.metrics import METRIC_NAMES
+from mmfast.train.retrieval import RETRIEVAL_METRIC_NAMES
 from mmfast.train.trainer import Trainer
 
 # CLI flag (argparse dest) -> dataset option name.
@@ -25,6 +26,9 @@ DATASET_OPTIONS = (
     "num_classes",
     "difficulty",
     "n_mels",
+    "num_train",
+    "num_val",
+    "num_test",
 )
 
 
@@ -37,13 +41,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """The scalar metrics, one per line, aligned."""
-    names = [*METRIC_NAMES, "loss"]
+    """The scalar metrics (a classifier's, or a retrieval run's and its gallery size), one per line,
+    aligned."""
+    retrieval = "count" in metrics
+    names = [*(RETRIEVAL_METRIC_NAMES if retrieval else METRIC_NAMES), "loss"]
     lines = []
     for name in names:
         value = metrics.get(name)
         if isinstance(value, float):
-            lines.append(f"  {name:<16} {'n/a' if math.isnan(value) else f'{value:.4f}'}")
+            text = "n/a" if math.isnan(value) else f"{value:.1f}" if "median" in name else f"{value:.4f}"
+            lines.append(f"  {name:<16} {text}")
+    if retrieval:
+        lines.append(f"  {'count':<16} {metrics['count']} (gallery pairs)")
     return "\n".join(lines)
 
 
@@ -66,9 +75,15 @@ def run_train(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in result["test"].items() if k != "confusion_matrix"}, indent=2))
     else:
         config = trainer.config
+        model = (
+            f"retrieval, {config.loss} loss"
+            if config.task == "retrieval"
+            else f"{config.fusion}{' (reference)' if config.reference else ''}"
+        )
+        selection = trainer.selection_metric
         print(
-            f"{config.dataset} {config.fusion}{' (reference)' if config.reference else ''}, "
-            f"{result['epochs_trained']} epochs, best val accuracy {result['best_val_accuracy']:.4f}, "
+            f"{config.dataset} {model}, {result['epochs_trained']} epochs, best val "
+            f"{selection.replace('_', ' ')} {result[f'best_val_{selection}']:.4f}, "
             f"{result['seconds_per_step'] * 1e3:.1f} ms per step"
         )
         print("test metrics:")

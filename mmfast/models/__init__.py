@@ -1,9 +1,12 @@
 """Multimodal models: `MultimodalClassifier` (encoders + fusion module + head, composed), the fusion
-modules and heads built by name (`build_fusion`, `build_head`), and `build_classifier`."""
+modules and heads built by name (`build_fusion`, `build_head`), and `build_classifier`; for
+image-text retrieval, `DualEncoder` (two towers into one embedding space, a contrastive loss) and
+`build_dual_encoder`."""
 
 from mmfast.models.builder import build_classifier, build_encoder
 from mmfast.models.classifier import MultimodalClassifier
 from mmfast.models.concat import ConcatFusion
+from mmfast.models.dual_encoder import DualEncoder, ProjectionHead, SpatialProjection, build_dual_encoder
 from mmfast.models.fusion import FUSIONS, build_fusion, build_head
 from mmfast.models.transformer import TransformerFusion
 from mmfast.models.weighted import AttentionFusionBlock, GatedFusionBlock
@@ -12,10 +15,14 @@ __all__ = [
     "FUSIONS",
     "AttentionFusionBlock",
     "ConcatFusion",
+    "DualEncoder",
     "GatedFusionBlock",
     "MultimodalClassifier",
+    "ProjectionHead",
+    "SpatialProjection",
     "TransformerFusion",
     "build_classifier",
+    "build_dual_encoder",
     "build_encoder",
     "build_fusion",
     "build_head",

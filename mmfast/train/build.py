@@ -1,15 +1,21 @@
-"""The classifier a training config describes."""
+"""The model a training config describes."""
 
 from __future__ import annotations
 
+from torch import nn
+
 from mmfast.data import dataset_info
-from mmfast.models import MultimodalClassifier, build_classifier
+from mmfast.models import build_classifier, build_dual_encoder
 from mmfast.train.config import TrainConfig
 
 
-def build_model(config: TrainConfig) -> MultimodalClassifier:
-    """The classifier ``config`` describes, its parameters drawn from the current RNG state."""
+def build_model(config: TrainConfig) -> nn.Module:
+    """The model ``config`` describes, its parameters drawn from the current RNG state: a
+    :class:`~mmfast.models.MultimodalClassifier` for ``task="classification"``, a
+    :class:`~mmfast.models.DualEncoder` for ``task="retrieval"``."""
     info = dataset_info(config.dataset, **config.dataset_options)
+    if config.task == "retrieval":
+        return build_dual_encoder(info, loss=config.loss, embed_dim=config.embed_dim, hidden=config.hidden)
     return build_classifier(
         info,
         fusion=config.fusion,

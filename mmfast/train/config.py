@@ -8,19 +8,27 @@ from typing import Any
 
 AUTOCAST_CHOICES = ("none", "bf16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+TASK_CHOICES = ("classification", "retrieval")
+LOSS_CHOICES = ("clip", "siglip")
 
 
 @dataclass
 class TrainConfig:
-    """A training run of a multimodal classifier.
+    """A training run of a multimodal classifier, or of a dual encoder for image-text retrieval.
 
     Attributes:
-        dataset: ``"av-digits"`` or ``"synthetic"``.
+        task: ``"classification"`` (a :class:`~mmfast.models.MultimodalClassifier`, cross-entropy)
+            or ``"retrieval"`` (a :class:`~mmfast.models.DualEncoder` of the image and the text,
+            contrastive loss, recall@K over the whole gallery; ``fusion``, ``modalities``,
+            ``reference``, ``dropout`` and ``modality_dropout`` do not apply).
+        dataset: ``"av-digits"``, ``"synthetic"`` or ``"scenes"`` (retrieval needs image and text).
         dataset_options: options of the dataset (see :func:`mmfast.data.load_dataset`).
         fusion: ``"concat"``, ``"gated"``, ``"attention"`` or ``"transformer"``.
         modalities: the modalities to train on (default: all of the dataset's).
         reference: train the plain-PyTorch twin of the model instead of the fused one.
         hidden: encoder output size and fusion width.
+        loss: retrieval: ``"clip"`` (symmetric InfoNCE) or ``"siglip"`` (pairwise sigmoid).
+        embed_dim: retrieval: size of the joint image-text embedding.
         dropout: dropout before the head (and in the transformer fusion).
         modality_dropout: train-time probability of dropping each modality of a sample.
         epochs: maximum number of epochs.
@@ -30,18 +38,22 @@ class TrainConfig:
         warmup_ratio: fraction of the steps spent warming the learning rate up linearly, before
             the cosine decay to zero.
         grad_clip: maximum global gradient norm (0 disables clipping).
-        patience: stop after this many epochs without a better validation accuracy (0 disables).
+        patience: stop after this many epochs without a better validation accuracy (retrieval: mean
+            recall@1 of both directions) (0 disables).
         autocast: ``"none"`` or ``"bf16"`` (bfloat16 autocast of the forward, on CPU and CUDA).
         seed: seeds the parameters, the data order, dropout and the dataset split.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
     """
 
+    task: str = "classification"
     dataset: str = "av-digits"
     dataset_options: dict[str, Any] = field(default_factory=dict)
     fusion: str = "concat"
     modalities: list[str] | None = None
     reference: bool = False
     hidden: int = 128
+    loss: str = "clip"
+    embed_dim: int = 64
     dropout: float = 0.1
     modality_dropout: float = 0.0
     epochs: int = 10
@@ -56,7 +68,12 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        positive = {"hidden": self.hidden, "epochs": self.epochs, "batch_size": self.batch_size}
+        positive = {
+            "hidden": self.hidden,
+            "embed_dim": self.embed_dim,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+        }
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
@@ -70,6 +87,10 @@ class TrainConfig:
             raise ValueError(
                 f"autocast: expected one of {', '.join(AUTOCAST_CHOICES)}, got {self.autocast!r}"
             )
+        if self.task not in TASK_CHOICES:
+            raise ValueError(f"task: expected one of {', '.join(TASK_CHOICES)}, got {self.task!r}")
+        if self.loss not in LOSS_CHOICES:
+            raise ValueError(f"loss: expected one of {', '.join(LOSS_CHOICES)}, got {self.loss!r}")
         if self.device not in DEVICE_CHOICES:
             raise ValueError(f"device: expected one of {', '.join(DEVICE_CHOICES)}, got {self.device!r}")
 

@@ -1,4 +1,5 @@
-"""Evaluation of a classifier on a dataset split, and of a saved checkpoint."""
+"""Evaluation of a classifier on a dataset split, and of a saved checkpoint (a classifier's or a
+retrieval dual encoder's)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from mmfast.train.build import build_model
 from mmfast.train.checkpoint import MODEL_KEYS, CheckpointError, checkpoint_config, load_checkpoint
 from mmfast.train.distributed import DistributedContext
 from mmfast.train.metrics import classification_metrics
+from mmfast.train.retrieval import evaluate_retrieval
 from mmfast.train.runtime import resolve_device
 
 EVAL_BATCH_SIZE = 256
@@ -79,7 +81,9 @@ def evaluate_checkpoint(
     path: str | os.PathLike, split: str = "test", device: str | None = None
 ) -> dict[str, Any]:
     """Metrics of the weights in checkpoint ``path`` on ``split`` of the dataset it was trained on
-    (same options and seed, so the same split), with the run's autocast setting."""
+    (same options and seed, so the same split), with the run's autocast setting: those of
+    :func:`evaluate_model` for a classifier, of :func:`~mmfast.train.retrieval.evaluate_retrieval`
+    (loss over batches of the run's batch size) for a retrieval run; plus ``"epoch"``."""
     state = load_checkpoint(path, required=MODEL_KEYS)
     config = checkpoint_config(state, path)
     target = resolve_device(device or config.device)
@@ -96,6 +100,9 @@ def evaluate_checkpoint(
             return torch.autocast(target.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    metrics = evaluate_model(model, dataset, target, autocast)
+    if config.task == "retrieval":
+        metrics = evaluate_retrieval(model, dataset, target, autocast, loss_batch_size=config.batch_size)
+    else:
+        metrics = evaluate_model(model, dataset, target, autocast)
     metrics["epoch"] = int(state.get("epoch", 0))
     return metrics

@@ -34,8 +34,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(line) for line in file if line.strip()]
 
 
-def plot_curves(records: list[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Training loss, validation loss and validation accuracy per epoch, as a PNG."""
+def plot_curves(records: list[dict[str, Any]], path: str | os.PathLike, metric: str = "accuracy") -> None:
+    """Training loss, validation loss and the validation ``metric`` (the record's ``val_<metric>``,
+    e.g. accuracy or a retrieval run's mean recall@1) per epoch, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,11 +47,11 @@ def plot_curves(records: list[dict[str, Any]], path: str | os.PathLike) -> None:
     loss_axis.plot(epochs, [r["train_loss"] for r in records], marker="o", label="train")
     loss_axis.plot(epochs, [r["val_loss"] for r in records], marker="o", label="validation")
     loss_axis.set_xlabel("epoch")
-    loss_axis.set_ylabel("cross-entropy")
+    loss_axis.set_ylabel("cross-entropy" if metric == "accuracy" else "loss")
     loss_axis.legend()
-    accuracy_axis.plot(epochs, [r["val_accuracy"] for r in records], marker="o", color="tab:green")
+    accuracy_axis.plot(epochs, [r[f"val_{metric}"] for r in records], marker="o", color="tab:green")
     accuracy_axis.set_xlabel("epoch")
-    accuracy_axis.set_ylabel("validation accuracy")
+    accuracy_axis.set_ylabel(f"validation {metric.replace('_', ' ')}")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -1,4 +1,4 @@
-"""`Trainer`: trains, evaluates and checkpoints a multimodal classifier."""
+"""`Trainer`: trains, evaluates and checkpoints a multimodal classifier or an image-text dual encoder."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from mmfast.train.distributed import DistributedContext
 from mmfast.train.evaluation import evaluate_model
 from mmfast.train.metrics import METRIC_NAMES
 from mmfast.train.records import append_jsonl, plot_curves, write_json
+from mmfast.train.retrieval import RETRIEVAL_METRIC_NAMES, SELECTION_METRIC, evaluate_retrieval
 from mmfast.train.runtime import resolve_device, seed_everything
 from mmfast.train.schedule import warmup_cosine
 
@@ -56,17 +57,22 @@ STATE_KEYS = (
 
 
 class Trainer:
-    """Trains a `MultimodalClassifier` as `config` says, writing to `out_dir` (when given):
-    ``last.pt`` / ``best.pt`` checkpoints, ``log.jsonl`` (one record per epoch), ``curves.png`` and,
-    at the end, ``metrics.json`` with the test metrics of the best epoch under ``"test"``.
+    """Trains a `MultimodalClassifier` (or, with ``config.task == "retrieval"``, a `DualEncoder`) as
+    `config` says, writing to `out_dir` (when given): ``last.pt`` / ``best.pt`` checkpoints,
+    ``log.jsonl`` (one record per epoch), ``curves.png`` and, at the end, ``metrics.json`` with the
+    test metrics of the best epoch under ``"test"``.
 
     AdamW with a warm-up + cosine schedule stepped per optimizer step, cross-entropy, gradient
     clipping, optional bfloat16 autocast, evaluation on the validation split every epoch, early
-    stopping on validation accuracy. Under `torchrun` each process trains on its shard of every
-    epoch (`DistributedSampler`) and gradients are averaged (`DistributedDataParallel`); the first
-    process writes the files. The data order depends only on the seed and the epoch, and
-    checkpoints carry every RNG state, so a resumed run ends with the same weights as one that was
-    never interrupted.
+    stopping on validation accuracy. For retrieval the loss is the model's own (CLIP's or SigLIP's,
+    over the pairs of each process's batch), the metrics are those of
+    :func:`~mmfast.train.retrieval.evaluate_retrieval` (recall@K and median rank both ways over the
+    whole split), and the validation metric that selects the best epoch and stops early is
+    ``mean_recall@1`` (``best_accuracy`` then holds it). Under `torchrun` each process trains on
+    its shard of every epoch (`DistributedSampler`) and gradients are averaged
+    (`DistributedDataParallel`); the first process writes the files. The data order depends only
+    on the seed and the epoch, and checkpoints carry every RNG state, so a resumed run ends with
+    the same weights as one that was never interrupted.
     """
 
     def __init__(self, config: TrainConfig, out_dir: str | Path | None = None, progress: bool = True) -> None:
@@ -76,6 +82,10 @@ class Trainer:
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.retrieval = config.task == "retrieval"
+        # The metrics logged per epoch (as val_<name>) and the one that selects the best epoch.
+        self.metric_names: tuple[str, ...] = RETRIEVAL_METRIC_NAMES if self.retrieval else METRIC_NAMES
+        self.selection_metric = SELECTION_METRIC if self.retrieval else "accuracy"
         self.progress = progress and self.dist.is_main
         seed_everything(config.seed)
         # The train loader draws its per-epoch base seed from its own generator, saved in checkpoints,
@@ -146,8 +156,9 @@ class Trainer:
         labels = batch.pop("label")
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            logits = self._wrapped(batch)
-        loss = F.cross_entropy(logits.float(), labels)
+            output = self._wrapped(batch)
+        # A dual encoder returns its contrastive loss; a classifier its logits.
+        loss = output.float() if self.retrieval else F.cross_entropy(output.float(), labels)
         loss.backward()
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -156,8 +167,18 @@ class Trainer:
         return loss.item()
 
     def evaluate(self, split: str = "val") -> dict[str, Any]:
-        """Loss and metrics (see `classification_metrics`) of the current model on `split`; under
-        `torchrun` each process evaluates its shard and all get the metrics of the whole split."""
+        """Loss and metrics (see `classification_metrics`, or for retrieval `evaluate_retrieval`,
+        whose loss is over batches of ``config.batch_size`` pairs) of the current model on `split`;
+        under `torchrun` each process evaluates its shard and all get the metrics of the whole split."""
+        if self.retrieval:
+            return evaluate_retrieval(
+                self.model,
+                self.splits[split],
+                self.device,
+                self._autocast,
+                dist=self.dist,
+                loss_batch_size=self.config.batch_size,
+            )
         return evaluate_model(self.model, self.splits[split], self.device, self._autocast, dist=self.dist)
 
     def train_epoch(self) -> float:
@@ -191,7 +212,7 @@ class Trainer:
     # -- the run ------------------------------------------------------------------------------
     def fit(self, max_epochs: int | None = None) -> dict[str, Any]:
         """Trains from the current epoch to `config.epochs` (or `max_epochs` more epochs, to stop
-        early as an interruption would), stopping early when validation accuracy stalls. Returns
+        early as an interruption would), stopping early when the validation metric stalls. Returns
         the final metrics (also written to ``metrics.json``) once the run is complete."""
         stop_at = (
             self.config.epochs if max_epochs is None else min(self.config.epochs, self.epoch + max_epochs)
@@ -201,9 +222,9 @@ class Trainer:
             train_loss = self.train_epoch()
             val = self.evaluate("val")
             self.epoch += 1
-            improved = val["accuracy"] > self.best_accuracy
+            improved = val[self.selection_metric] > self.best_accuracy
             if improved:
-                self.best_accuracy = val["accuracy"]
+                self.best_accuracy = val[self.selection_metric]
                 self.best_state = copy.deepcopy(self.model.state_dict())
                 self.epochs_without_improvement = 0
             else:
@@ -212,7 +233,7 @@ class Trainer:
                 "epoch": self.epoch,
                 "train_loss": train_loss,
                 "val_loss": val["loss"],
-                **{f"val_{name}": val[name] for name in METRIC_NAMES},
+                **{f"val_{name}": val[name] for name in self.metric_names},
                 "lr": self.scheduler.get_last_lr()[0],
                 "seconds_per_step": self.seconds_per_step,
             }
@@ -229,7 +250,7 @@ class Trainer:
             self.model.load_state_dict(self.best_state)
         results = {
             "test": self.evaluate("test"),
-            "best_val_accuracy": self.best_accuracy,
+            f"best_val_{self.selection_metric}": self.best_accuracy,
             "epochs_trained": self.epoch,
             "seconds_per_step": self.seconds_per_step,
             "config": self.config.to_dict(),
@@ -244,7 +265,7 @@ class Trainer:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         append_jsonl(self.out_dir / "log.jsonl", record)
-        plot_curves(self.history, self.out_dir / "curves.png")
+        plot_curves(self.history, self.out_dir / "curves.png", metric=self.selection_metric)
         state = self.state_dict()
         save_checkpoint(self.out_dir / "last.pt", state)
         if improved:
