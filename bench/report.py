@@ -59,7 +59,11 @@ def versions() -> str:
 
 
 def run_benchmarks(
-    quick: bool, csv_path: Path, saved_csv_path: Path | None = None, memory_csv_path: Path | None = None
+    quick: bool,
+    csv_path: Path,
+    saved_csv_path: Path | None = None,
+    memory_csv_path: Path | None = None,
+    only: str | None = None,
 ) -> int:
     command = [
         sys.executable,
@@ -78,6 +82,8 @@ def run_benchmarks(
         command.append(f"--memory-csv={memory_csv_path}")
     if quick:
         command += ["-m", "quick"]
+    if only:
+        command += ["-k", only]
     return subprocess.run(command, check=False).returncode
 
 
@@ -269,8 +275,11 @@ def write_report(
     saved_rows: list[dict[str, str]] | None = None,
     runs: int = 1,
     memory_rows: list[dict[str, str]] | None = None,
+    only: str | None = None,
+    name: str = "RESULTS.md",
 ) -> Path:
     command = "python -m bench.report" + (" --quick" if quick else "")
+    command += f" --only '{only}' --name {name}" if only else ""
     command += f" --runs {runs}" if runs > 1 else ""
     over = f"over {runs} runs" if runs > 1 else "in this one run"
     text = "\n".join(
@@ -294,9 +303,10 @@ def write_report(
             "",
         ]
     )
-    path = output_dir / "RESULTS.md"
+    path = output_dir / name
     path.write_text(text, encoding="utf-8")
-    plot(rows, output_dir / "speedup.png")
+    if not only:  # the chart belongs to the whole set
+        plot(rows, output_dir / "speedup.png")
     return path
 
 
@@ -307,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runs", type=int, default=1, help="run the benchmarks this many times; report each case's best"
     )
+    parser.add_argument("--only", default=None, help="only the cases pytest -k selects (e.g. contrastive)")
+    parser.add_argument("--name", default="RESULTS.md", help="file name of the report in the output dir")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f"--runs: expected at least 1, got {args.runs}")
@@ -316,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         memory_path = Path(tmp) / "memory.csv"
         for run in range(args.runs):
             csv_path = Path(tmp) / f"ratios{run}.csv"
-            status = run_benchmarks(args.quick, csv_path, saved_path, memory_path) or status
+            status = run_benchmarks(args.quick, csv_path, saved_path, memory_path, args.only) or status
             if csv_path.exists():
                 runs.append(read_rows(csv_path))
         if not runs:
@@ -325,9 +337,16 @@ def main(argv: list[str] | None = None) -> int:
         saved_rows = read_rows(saved_path) if saved_path.exists() else []
         memory_rows = read_rows(memory_path) if memory_path.exists() else []
         path = write_report(
-            best_of_runs(runs), args.output_dir, args.quick, saved_rows, args.runs, memory_rows
+            best_of_runs(runs),
+            args.output_dir,
+            args.quick,
+            saved_rows,
+            args.runs,
+            memory_rows,
+            args.only,
+            args.name,
         )
-    print(f"wrote {path} and {args.output_dir / 'speedup.png'}")
+    print(f"wrote {path}" + ("" if args.only else f" and {args.output_dir / 'speedup.png'}"))
     return status
 
 
