@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "engine/checks.h"
+#include "engine/segment_linear.h"
 
 namespace mmfast {
 namespace {
@@ -76,16 +77,36 @@ void for_each_product_tile(const at::Tensor& image, const at::Tensor& text,
                            const std::function<void(const TileBounds&, const at::Tensor&)>& visit) {
   const int64_t rows = image.size(0), cols = text.size(0);
   const int64_t tile_rows = std::min(rows, kTileRows), tile_cols = std::min(cols, kTileCols);
-  at::Tensor buffer = at::empty({tile_rows * tile_cols}, image.options());
   for (int64_t r0 = 0; r0 < rows; r0 += tile_rows) {
     const int64_t r1 = std::min(rows, r0 + tile_rows);
     const at::Tensor image_block = image.narrow(0, r0, r1 - r0);
     for (int64_t c0 = 0; c0 < cols; c0 += tile_cols) {
       const int64_t c1 = std::min(cols, c0 + tile_cols);
-      at::Tensor products = buffer.narrow(0, 0, (r1 - r0) * (c1 - c0)).view({r1 - r0, c1 - c0});
-      at::mm_out(products, image_block, text.narrow(0, c0, c1 - c0).t());
-      visit(TileBounds{r0, r1, c0, c1}, products);
+      // image_block @ text_block.T is a linear layer of the text block: the engine times ATen
+      // (MKL) against oneDNN for the size class and keeps the faster (oneDNN runs float32 GEMMs
+      // about twice as fast as MKL on AMD EPYC CPUs). The tile is freed before the next one.
+      const at::Tensor products = cpu::linear_on_fastest_engine(
+          cpu::GemmSite{"pairwise.logits"}, image_block, text.narrow(0, c0, c1 - c0), std::nullopt, Activation::kNone);
+      visit(TileBounds{r0, r1, c0, c1}, products.is_contiguous() ? products : products.contiguous());
     }
+  }
+}
+
+void accumulate_feature_grads(const char* site, const at::Tensor& grad, double scale, const TileBounds& tile,
+                              const at::Tensor& image, const at::Tensor& text, const at::Tensor& grad_image,
+                              const at::Tensor& grad_text) {
+  grad.mul_(scale);
+  if (grad_image.defined()) {
+    // grad @ text_block = linear(grad, text_block.T): the weight is [D, cols].
+    grad_image.narrow(0, tile.row_begin, tile.rows())
+        .add_(cpu::linear_on_fastest_engine(cpu::GemmSite{site}, grad, text.narrow(0, tile.col_begin, tile.cols()).t(),
+                                            std::nullopt, Activation::kNone));
+  }
+  if (grad_text.defined()) {
+    grad_text.narrow(0, tile.col_begin, tile.cols())
+        .add_(cpu::linear_on_fastest_engine(cpu::GemmSite{site}, grad.t(),
+                                            image.narrow(0, tile.row_begin, tile.rows()).t(), std::nullopt,
+                                            Activation::kNone));
   }
 }
 

@@ -1,6 +1,6 @@
 // Shared machinery of the pairwise (contrastive) losses: argument checks, and the tiles of the
 // logit matrix logits = scale * image @ text.T + bias, computed a few at a time through ATen's GEMM
-// (MKL / oneDNN) into one reused buffer, so that the B_image x B_text matrix never exists.
+// engine (ATen / oneDNN, whichever is faster), one tile at a time, so that the B_image x B_text matrix never exists.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -40,5 +40,13 @@ struct TileBounds {
 // contiguous view of a buffer reused for every tile. Only one tile is alive at a time.
 void for_each_product_tile(const at::Tensor& image, const at::Tensor& text,
                            const std::function<void(const TileBounds&, const at::Tensor&)>& visit);
+
+// The feature gradients of one tile, given the tile's d loss / d logits `grad` (overwritten: it is
+// scaled by `scale`, the d logits / d products): grad_image[rows] += grad @ text[cols] and
+// grad_text[cols] += grad.T @ image[rows], each through the GEMM engine; undefined gradients are
+// skipped.
+void accumulate_feature_grads(const char* site, const at::Tensor& grad, double scale, const TileBounds& tile,
+                              const at::Tensor& image, const at::Tensor& text, const at::Tensor& grad_image,
+                              const at::Tensor& grad_text);
 
 }  // namespace mmfast

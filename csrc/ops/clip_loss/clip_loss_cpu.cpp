@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "engine/pairwise.h"
+#include "engine/segment_linear.h"
 
 namespace mmfast::cpu {
 namespace {
@@ -283,14 +284,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_loss_backward_cp
         grad_bias_sum += bias_part[t];
       }
       // products now holds d loss / d logits for the tile.
-      if (mask[0]) {
-        at::Tensor block = grad_image.narrow(0, tile.row_begin, tile.rows());
-        block.addmm_(products, text.narrow(0, tile.col_begin, tile_cols), 1, s);
-      }
-      if (mask[1]) {
-        at::Tensor block = grad_text.narrow(0, tile.col_begin, tile_cols);
-        block.addmm_(products.t(), image.narrow(0, tile.row_begin, tile.rows()), 1, s);
-      }
+      accumulate_feature_grads("clip_loss.grad_features", products, s, tile, image, text, grad_image,
+                               grad_text);
     });
   });
   const auto empty = at::empty({0}, image_features.options());

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "engine/pairwise.h"
+#include "engine/segment_linear.h"
 
 namespace mmfast::cpu {
 namespace {
@@ -168,12 +169,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> siglip_loss_backward_
         grad_scale_sum += scale_part[t];
         grad_bias_sum += bias_part[t];
       }
-      if (mask[0]) {
-        grad_image.narrow(0, tile.row_begin, tile.rows()).addmm_(products, text.narrow(0, tile.col_begin, tile_cols), 1, s);
-      }
-      if (mask[1]) {
-        grad_text.narrow(0, tile.col_begin, tile_cols).addmm_(products.t(), image.narrow(0, tile.row_begin, tile.rows()), 1, s);
-      }
+      accumulate_feature_grads("siglip_loss.grad_features", products, s, tile, image, text, grad_image,
+                               grad_text);
     });
   });
   const auto empty = at::empty({0}, image_features.options());
