@@ -91,3 +91,13 @@ def test_report_shows_the_peak_memory_and_the_largest_batch_within_the_budget(tm
     assert "| clip_loss | D=256 | 16384 | 40.0 | 4200.0 | 105.0 |" in text
     assert "| clip_loss | D=256 | 65536 | 90.5 | - | - |" in text
     assert "clip_loss eager 16384, clip_loss mmfast 65536" in text
+
+
+def test_machine_description_names_the_isa_extensions():
+    from bench.report import ISA_FLAGS, machine_description
+
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        flags = set(next(line for line in cpuinfo if line.startswith("flags")).split(":", 1)[1].split())
+    description = machine_description()
+    for flag, name in ISA_FLAGS.items():
+        assert (f"{name}," in description or f"{name})" in description) == (flag in flags), description
