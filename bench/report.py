@@ -300,8 +300,9 @@ def write_report(
             f"- Command: `{command}`" + ("" if only else " (or `mmfast bench --report`)"),
             "- Ratios are baseline time / mmfast time, from the best (minimum) time of each case's",
             f"  rounds {over} (disturbances on a shared machine only add time); above 1 means",
-            "  mmfast is faster. `x vs_limit` compares with oneDNN's fused linear on an already",
-            "  concatenated input.",
+            "  mmfast is faster."
+            + ("" if only else " `x vs_limit` compares with oneDNN's fused linear on an already"),
+            "" if only else "  concatenated input.",
             "- GPU results are produced by the same command on a GPU machine.",
             "",
             markdown_tables(rows),
