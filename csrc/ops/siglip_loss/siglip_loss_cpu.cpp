@@ -18,6 +18,7 @@
 #include <tuple>
 #include <vector>
 
+#include "engine/lanes.h"
 #include "engine/pairwise.h"
 #include "engine/segment_linear.h"
 
@@ -25,34 +26,6 @@ namespace mmfast::cpu {
 namespace {
 
 using at::vec::Vectorized;
-
-// Lane-wise reductions of a vector (Vectorized<double> has no reduce_add / reduce_max).
-template <typename scalar_t>
-scalar_t sum_lanes(const Vectorized<scalar_t>& v) {
-  alignas(64) scalar_t lanes[Vectorized<scalar_t>::size()];
-  v.store(lanes);
-  scalar_t total = 0;
-  for (int i = 0; i < Vectorized<scalar_t>::size(); ++i) {
-    total += lanes[i];
-  }
-  return total;
-}
-
-template <typename scalar_t>
-scalar_t max_lanes(const Vectorized<scalar_t>& v) {
-  alignas(64) scalar_t lanes[Vectorized<scalar_t>::size()];
-  v.store(lanes);
-  scalar_t best = lanes[0];
-  for (int i = 1; i < Vectorized<scalar_t>::size(); ++i) {
-    best = std::max(best, lanes[i]);
-  }
-  return best;
-}
-
-template <typename scalar_t>
-scalar_t scalar_value(const at::Tensor& t) {
-  return t.to(c10::CppTypeToScalarType<scalar_t>::value).template item<scalar_t>();
-}
 
 template <typename scalar_t>
 scalar_t softplus(scalar_t x) {

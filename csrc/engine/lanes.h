@@ -1,0 +1,40 @@
+// Small helpers of the vectorized CPU passes: lane-wise reductions of an at::vec vector (ATen's
+// Vectorized<double> has no reduce_add / reduce_max) and a 0-dim tensor read as a C++ scalar.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+
+namespace mmfast::cpu {
+
+template <typename scalar_t>
+scalar_t sum_lanes(const at::vec::Vectorized<scalar_t>& v) {
+  alignas(64) scalar_t lanes[at::vec::Vectorized<scalar_t>::size()];
+  v.store(lanes);
+  scalar_t total = 0;
+  for (int i = 0; i < at::vec::Vectorized<scalar_t>::size(); ++i) {
+    total += lanes[i];
+  }
+  return total;
+}
+
+template <typename scalar_t>
+scalar_t max_lanes(const at::vec::Vectorized<scalar_t>& v) {
+  alignas(64) scalar_t lanes[at::vec::Vectorized<scalar_t>::size()];
+  v.store(lanes);
+  scalar_t best = lanes[0];
+  for (int i = 1; i < at::vec::Vectorized<scalar_t>::size(); ++i) {
+    best = std::max(best, lanes[i]);
+  }
+  return best;
+}
+
+// A 0-dim tensor's value as scalar_t.
+template <typename scalar_t>
+scalar_t scalar_value(const at::Tensor& t) {
+  return t.to(c10::CppTypeToScalarType<scalar_t>::value).template item<scalar_t>();
+}
+
+}  // namespace mmfast::cpu
