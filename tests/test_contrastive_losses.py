@@ -220,3 +220,21 @@ def test_cpp_checks_raise_the_same_errors(change, error, message):
     scale = torch.tensor(float(scale)) if not isinstance(scale, torch.Tensor) else scale
     with pytest.raises(error, match=message):
         torch.ops.mmfast.clip_loss(a, b, scale, bias)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_autocast_leaves_the_losses_in_float32(dtype):
+    """Inside a bfloat16 autocast region (a model's features often come out of one) the losses still
+    compute in float32 and give the result they give outside it."""
+    scale, bias = _scalars(dtype, True)
+    args = [_features(1030, 16, dtype, 21), _features(1030, 16, dtype, 22), scale, bias]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = [clip_loss(*args), siglip_loss(*args)]
+        grads = torch.autograd.grad(sum(got), args)
+    want = [clip_loss_reference(*args), siglip_loss_reference(*args)]
+    want_grads = torch.autograd.grad(sum(want), args)
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w, **LOSS_TOLERANCE[dtype])
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-2, atol=1e-4 * max(1.0, w.abs().max().item()))

@@ -92,19 +92,21 @@ void for_each_product_tile(const at::Tensor& image, const at::Tensor& text,
   }
 }
 
-void accumulate_feature_grads(const char* site, const at::Tensor& grad, double scale, const TileBounds& tile,
+void accumulate_feature_grads(const char* image_site, const char* text_site, const at::Tensor& grad, double scale,
+                              const TileBounds& tile,
                               const at::Tensor& image, const at::Tensor& text, const at::Tensor& grad_image,
                               const at::Tensor& grad_text) {
   grad.mul_(scale);
   if (grad_image.defined()) {
     // grad @ text_block = linear(grad, text_block.T): the weight is [D, cols].
     grad_image.narrow(0, tile.row_begin, tile.rows())
-        .add_(cpu::linear_on_fastest_engine(cpu::GemmSite{site}, grad, text.narrow(0, tile.col_begin, tile.cols()).t(),
-                                            std::nullopt, Activation::kNone));
+        .add_(cpu::linear_on_fastest_engine(cpu::GemmSite{image_site}, grad,
+                                            text.narrow(0, tile.col_begin, tile.cols()).t(), std::nullopt,
+                                            Activation::kNone));
   }
   if (grad_text.defined()) {
     grad_text.narrow(0, tile.col_begin, tile.cols())
-        .add_(cpu::linear_on_fastest_engine(cpu::GemmSite{site}, grad.t(),
+        .add_(cpu::linear_on_fastest_engine(cpu::GemmSite{text_site}, grad.t(),
                                             image.narrow(0, tile.row_begin, tile.rows()).t(), std::nullopt,
                                             Activation::kNone));
   }

@@ -43,9 +43,11 @@ void for_each_product_tile(const at::Tensor& image, const at::Tensor& text,
 
 // The feature gradients of one tile, given the tile's d loss / d logits `grad` (overwritten: it is
 // scaled by `scale`, the d logits / d products): grad_image[rows] += grad @ text[cols] and
-// grad_text[cols] += grad.T @ image[rows], each through the GEMM engine; undefined gradients are
+// grad_text[cols] += grad.T @ image[rows], each through the GEMM engine (tuned as the sites
+// "<op>.grad_image" and "<op>.grad_text": their operands' layouts differ); undefined gradients are
 // skipped.
-void accumulate_feature_grads(const char* site, const at::Tensor& grad, double scale, const TileBounds& tile,
+void accumulate_feature_grads(const char* image_site, const char* text_site, const at::Tensor& grad, double scale,
+                              const TileBounds& tile,
                               const at::Tensor& image, const at::Tensor& text, const at::Tensor& grad_image,
                               const at::Tensor& grad_text);
 

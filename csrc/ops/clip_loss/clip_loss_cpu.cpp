@@ -11,6 +11,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -136,6 +137,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> clip_loss_forward_cpu(const at::T
                                                                      const at::Tensor& logit_scale,
                                                                      const std::optional<at::Tensor>& logit_bias,
                                                                      int64_t label_offset, bool symmetric) {
+  // The loss computes in float32 (or float64) whatever autocast says: its tile GEMMs must not be
+  // cast down to bfloat16 by an enclosing autocast region.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   check_pairwise_args(image_features, text_features, logit_scale, logit_bias, label_offset, symmetric, false);
   const at::Tensor image = pairwise_operand(image_features), text = pairwise_operand(text_features);
   const auto options = image.options();
@@ -176,6 +180,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_loss_backward_cp
     const at::Tensor& grad_loss, const at::Tensor& image_features, const at::Tensor& text_features,
     const at::Tensor& logit_scale, const std::optional<at::Tensor>& logit_bias, const at::Tensor& row_lse,
     const at::Tensor& col_lse, int64_t label_offset, bool symmetric, std::array<bool, 4> mask) {
+  // The loss computes in float32 (or float64) whatever autocast says: its tile GEMMs must not be
+  // cast down to bfloat16 by an enclosing autocast region.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   check_pairwise_args(image_features, text_features, logit_scale, logit_bias, label_offset, symmetric, false);
   const at::Tensor image = pairwise_operand(image_features), text = pairwise_operand(text_features);
   const auto options = image.options();
@@ -257,8 +264,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_loss_backward_cp
         grad_bias_sum += bias_part[t];
       }
       // products now holds d loss / d logits for the tile.
-      accumulate_feature_grads("clip_loss.grad_features", products, s, tile, image, text, grad_image,
-                               grad_text);
+      accumulate_feature_grads("clip_loss.grad_image", "clip_loss.grad_text", products, s, tile, image, text,
+                               grad_image, grad_text);
     });
   });
   const auto empty = at::empty({0}, image_features.options());

@@ -10,6 +10,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -67,6 +68,9 @@ double softplus_sum(const at::Tensor& products, scalar_t scale, scalar_t bias) {
 
 at::Tensor siglip_loss_forward_cpu(const at::Tensor& image_features, const at::Tensor& text_features,
                                    const at::Tensor& logit_scale, const at::Tensor& logit_bias, int64_t label_offset) {
+  // The loss computes in float32 (or float64) whatever autocast says: its tile GEMMs must not be
+  // cast down to bfloat16 by an enclosing autocast region.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   check_pairwise_args(image_features, text_features, logit_scale, logit_bias, label_offset, false, true);
   const at::Tensor image = pairwise_operand(image_features), text = pairwise_operand(text_features);
   const int64_t rows = image.size(0);
@@ -86,6 +90,9 @@ at::Tensor siglip_loss_forward_cpu(const at::Tensor& image_features, const at::T
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> siglip_loss_backward_cpu(
     const at::Tensor& grad_loss, const at::Tensor& image_features, const at::Tensor& text_features,
     const at::Tensor& logit_scale, const at::Tensor& logit_bias, int64_t label_offset, std::array<bool, 4> mask) {
+  // The loss computes in float32 (or float64) whatever autocast says: its tile GEMMs must not be
+  // cast down to bfloat16 by an enclosing autocast region.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   check_pairwise_args(image_features, text_features, logit_scale, logit_bias, label_offset, false, true);
   const at::Tensor image = pairwise_operand(image_features), text = pairwise_operand(text_features);
   const auto options = image.options();
@@ -142,8 +149,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> siglip_loss_backward_
         grad_scale_sum += scale_part[t];
         grad_bias_sum += bias_part[t];
       }
-      accumulate_feature_grads("siglip_loss.grad_features", products, s, tile, image, text, grad_image,
-                               grad_text);
+      accumulate_feature_grads("siglip_loss.grad_image", "siglip_loss.grad_text", products, s, tile, image, text,
+                               grad_image, grad_text);
     });
   });
   const auto empty = at::empty({0}, image_features.options());
