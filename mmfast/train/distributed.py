@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Dataset, Subset
 
 
 @dataclass(frozen=True)
@@ -74,3 +75,14 @@ class DistributedContext:
     def shutdown(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def evaluation_shard(model: nn.Module, dataset: Dataset, dist_context: DistributedContext | None) -> Subset:
+    """The part of ``dataset`` this process evaluates: all of it alone, every ``world_size``-th item
+    under several processes, after taking the first process's buffers (BatchNorm statistics are
+    per process on CPU), so that the gathered results come in dataset order."""
+    indices = list(range(len(dataset)))
+    if dist_context is not None and dist_context.enabled:
+        dist_context.broadcast_buffers(model)
+        indices = indices[dist_context.rank :: dist_context.world_size]
+    return Subset(dataset, indices)

@@ -11,12 +11,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from mmfast.data import collate, load_dataset
 from mmfast.train.build import build_model
 from mmfast.train.checkpoint import MODEL_KEYS, CheckpointError, checkpoint_config, load_checkpoint
-from mmfast.train.distributed import DistributedContext
+from mmfast.train.distributed import DistributedContext, evaluation_shard
 from mmfast.train.metrics import classification_metrics
 from mmfast.train.retrieval import evaluate_retrieval
 from mmfast.train.runtime import resolve_device
@@ -44,12 +44,9 @@ def evaluate_model(
         raise ValueError("dataset: expected at least one sample to evaluate")
     model.eval()
     sharded = dist is not None and dist.enabled
-    indices = list(range(len(dataset)))
-    if sharded:
-        dist.broadcast_buffers(model)
-        indices = indices[dist.rank :: dist.world_size]
+    shard = evaluation_shard(model, dataset, dist)
+    indices = shard.indices
     losses, labels, probabilities = [], [], []
-    shard = Subset(dataset, indices)
     for batch in DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         target = batch.pop("label")

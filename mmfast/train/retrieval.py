@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from mmfast.data import collate
-from mmfast.train.distributed import DistributedContext
+from mmfast.train.distributed import DistributedContext, evaluation_shard
 
 RECALL_KS = (1, 5, 10)
 DIRECTIONS = ("i2t", "t2i")
@@ -145,14 +145,10 @@ def evaluate_retrieval(
         raise ValueError("dataset: expected at least one pair to evaluate")
     model.eval()
     sharded = dist is not None and dist.enabled
-    indices = list(range(len(dataset)))
-    if sharded:
-        dist.broadcast_buffers(model)
-        indices = indices[dist.rank :: dist.world_size]
+    shard = evaluation_shard(model, dataset, dist)
+    indices = shard.indices
     images, texts = [], []
-    for batch in DataLoader(
-        Subset(dataset, indices), batch_size=batch_size, shuffle=False, collate_fn=collate
-    ):
+    for batch in DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast():
             image, text = model.embed(batch)
