@@ -1,6 +1,6 @@
-"""MMFAST_BACKEND=triton: the public fusion ops run the Triton kernels on CPU tensors (under
-TRITON_INTERPRET=1), forward and backward, against the references. Each check runs in a fresh
-process because the backend is chosen from the environment."""
+"""MMFAST_BACKEND=triton: the public ops (concat_linear, the fusions, the losses) run the Triton
+kernels on CPU tensors (under TRITON_INTERPRET=1), forward and backward, against the references.
+Each check runs in a fresh process because the backend is chosen from the environment."""
 
 from __future__ import annotations
 
@@ -40,6 +40,27 @@ SCRIPT = textwrap.dedent(
         for dims, out_dim, lead in [([5, 17], 9, (6,)), ([33, 17, 5], 19, (2, 3)), ([4, 3, 8, 2], 7, (5,))]:
             args = list(attention_args(dims, out_dim, lead, dtype))
             check(attention_fusion, attention_fusion_reference, args, dtype)
+    from mmfast.ops import concat_linear, concat_linear_reference
+
+    for dtype in (torch.float32, torch.float16):
+        cases = [([5, 0, 17], (2, 3), "gelu"), ([8, 3, 4, 9], (7,), "tanh"), ([6], (4,), "none")]
+        for widths, lead, activation in cases:
+            inputs = [torch.randn(*lead, w, dtype=dtype, requires_grad=True) for w in widths]
+            weight = (torch.randn(11, sum(widths)) / sum(widths) ** 0.5).to(dtype).requires_grad_()
+            bias = torch.randn(11, dtype=dtype, requires_grad=True)
+            check(lambda *a, act=activation: concat_linear(list(a[:-2]), a[-2], a[-1], act),
+                  lambda *a, act=activation: concat_linear_reference(list(a[:-2]), a[-2], a[-1], act),
+                  [*inputs, weight, bias], dtype)
+    assert mmfast.backend_info()["concat_linear"]["cpu"].startswith("triton"), mmfast.backend_info()
+    # The Triton kernels registered as the op's kernels pass opcheck (schema, fakes, autograd).
+    inputs = [torch.randn(3, w, requires_grad=True) for w in (5, 7)]
+    weight, bias = torch.randn(4, 12, requires_grad=True), torch.randn(4, requires_grad=True)
+    forward_op = torch.ops.mmfast.concat_linear_forward.default
+    torch.library.opcheck(forward_op, (inputs, weight, bias, "silu", True))
+    compiled = torch.compile(concat_linear, fullgraph=True)
+    want = concat_linear_reference(inputs, weight, bias, "silu")
+    torch.testing.assert_close(compiled(inputs, weight, bias, "silu"), want)
+    assert "mmfast.triton.concat_linear" in sys.modules
     from mmfast.ops import clip_loss, clip_loss_reference, siglip_loss, siglip_loss_reference
 
     # The losses take float32, float64 and bfloat16 features (the interpreter's bfloat16 is wrong).

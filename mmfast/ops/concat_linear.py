@@ -125,5 +125,6 @@ DESCRIPTOR = _registry.register(
         },
         register_fakes=_register_fakes,
         min_inputs=1,
+        triton="mmfast.triton.concat_linear",
     )
 )
