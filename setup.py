@@ -13,24 +13,115 @@ the extension is loaded.
 nvcc `-gencode` flags for the arch list) as JSON and compiles nothing; CI checks it.
 Wheel builds (any build that is not `--inplace`) link without debug info, which is 97 % of the
 library's size; `MMFAST_KEEP_DEBUG_INFO=1` keeps it.
+
+CUDA builds find the toolkit themselves (`find_cuda_home`): `CUDA_HOME` / `CUDA_PATH` when set, else
+the toolkit of the `nvcc` on `PATH` (followed through symlinks and wrapper scripts: PyTorch's own
+guess, the parent of the folder holding `nvcc`, is `/usr/local` for a `/usr/local/bin/nvcc` shim,
+which has no `cuda_runtime_api.h`), else `/usr/local/cuda`. The cuBLAS / cuSPARSE / cuSOLVER headers
+that PyTorch's CUDA headers include come with the `nvidia-*` wheels PyTorch depends on
+(`site-packages/nvidia/cu13/include`, or `nvidia/<library>/include` in older layouts), not with a
+minimal toolkit; they are added after the toolkit's own include folder. CUDA objects are kept in
+a build folder of their own (`build/temp...-cuda`), so CPU and CUDA builds in one checkout do not
+recompile each other's objects.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;8.6;9.0"
 BUILD_CONFIG_NAME = "_build_config.json"
+CUDA_RUNTIME_HEADER = os.path.join("include", "cuda_runtime_api.h")
+
+
+def _is_toolkit(path: str | None) -> bool:
+    return bool(path) and os.path.isfile(os.path.join(path, CUDA_RUNTIME_HEADER))
+
+
+def _nvcc_toolkit(nvcc: str) -> str | None:
+    """The toolkit folder of an `nvcc`: beside its real file (through symlinks), or, for a wrapper
+    script that execs another nvcc, the folder nvcc itself reports (`_HERE_` of a dry run)."""
+    real = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if _is_toolkit(real):
+        return real
+    try:
+        dry_run = subprocess.run(
+            [nvcc, "-dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"^#\$ _HERE_=(.+)$", dry_run.stdout + dry_run.stderr, flags=re.MULTILINE)
+    if match is None:
+        return None
+    here = os.path.dirname(os.path.realpath(match.group(1).strip()))
+    return here if _is_toolkit(here) else None
+
+
+def find_cuda_home() -> tuple[str | None, str]:
+    """The CUDA toolkit to build with, and where it was found."""
+    for variable in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(variable):
+            return os.environ[variable], f"${variable}"
+    nvcc = shutil.which("nvcc")
+    if nvcc is not None:
+        toolkit = _nvcc_toolkit(nvcc)
+        if toolkit is not None:
+            return toolkit, f"nvcc on PATH ({nvcc})"
+    if _is_toolkit("/usr/local/cuda"):
+        return "/usr/local/cuda", "/usr/local/cuda"
+    return None, "not found (no CUDA_HOME, no nvcc on PATH with cuda_runtime_api.h, no /usr/local/cuda)"
+
+
+def nvidia_wheel_include_dirs() -> list[str]:
+    """Include folders of the `nvidia-*` wheels beside PyTorch: `nvidia/cu<N>/include` (CUDA 13
+    wheels) and `nvidia/<library>/include` (older ones), which hold the cuBLAS, cuSPARSE and
+    cuSOLVER headers that PyTorch's CUDA headers include."""
+    try:
+        spec = importlib.util.find_spec("nvidia")
+    except (ImportError, ValueError):
+        return []
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    found: list[str] = []
+    for location in spec.submodule_search_locations:
+        for path in sorted(glob.glob(os.path.join(location, "*", "include"))):
+            if os.path.isdir(path) and path not in found:
+                found.append(path)
+    # The CUDA-13 layout (nvidia/cu13/include) first: it is what PyTorch's own libraries use.
+    return sorted(found, key=lambda p: not re.fullmatch(r"cu\d+", os.path.basename(os.path.dirname(p))))
+
+
+def _wants_cuda() -> bool:
+    return os.environ.get("FORCE_CUDA", "0") == "1" or torch.version.cuda is not None
+
+
+# PyTorch reads CUDA_HOME once, when torch.utils.cpp_extension is imported: decide it first.
+CUDA_HOME_FOUND, CUDA_HOME_SOURCE = find_cuda_home() if _wants_cuda() else (None, "not needed (CPU build)")
+if CUDA_HOME_FOUND is not None and not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+    os.environ["CUDA_HOME"] = CUDA_HOME_FOUND
+
+from torch.utils.cpp_extension import (  # noqa: E402
+    CUDA_HOME,
+    BuildExtension,
+    CppExtension,
+    CUDAExtension,
+)
 
 
 def build_with_cuda() -> bool:
@@ -74,6 +165,12 @@ def build_plan() -> dict:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         plan["extension"] = "CUDAExtension"
         plan["sources"] = sources + cuda_glue + sorted(glob.glob("kernels/*.cu"))
+        plan["cuda_home"] = CUDA_HOME_FOUND
+        plan["cuda_home_source"] = CUDA_HOME_SOURCE
+        # The toolkit's headers before the wheels' (which may ship another minor version of the
+        # runtime headers); PyTorch appends its own include folders and the toolkit's after these.
+        toolkit = [os.path.join(CUDA_HOME_FOUND, "include")] if CUDA_HOME_FOUND else []
+        plan["include_dirs"] += toolkit + nvidia_wheel_include_dirs()
         plan["extra_compile_args"]["cxx"].append("-DMMFAST_WITH_CUDA")
         plan["extra_compile_args"]["nvcc"] = ["-O3", "-DMMFAST_WITH_CUDA", "--use_fast_math", "-lineinfo"]
         plan["cuda_arch_list"] = os.environ["TORCH_CUDA_ARCH_LIST"]
@@ -110,14 +207,56 @@ def build_config_record() -> dict:
     }
 
 
+def build_jobs() -> int:
+    """Parallel compile jobs: MAX_JOBS (PyTorch's ninja builds read it too), else one per CPU."""
+    value = os.environ.get("MAX_JOBS", "")
+    return max(1, int(value)) if value.isdigit() else max(1, len(os.sched_getaffinity(0)))
+
+
+def _compile_in_parallel(compiler, jobs: int) -> None:
+    """Without ninja, PyTorch's build compiles one source after another (distutils). This keeps its
+    per-source logic (nvcc for .cu files, the flags, a ccache wrapper) but only records the commands
+    it would run, then runs them `jobs` at a time."""
+    if jobs < 2 or getattr(compiler, "_mmfast_parallel", False):
+        return
+    serial_compile = compiler.compile
+    spawn = compiler.spawn
+
+    def compile(sources, *args, **kwargs):
+        commands: list[tuple[list[str], dict]] = []
+        compiler.spawn = lambda command, **options: commands.append((list(command), options))
+        try:
+            objects = serial_compile(sources, *args, **kwargs)
+        finally:
+            compiler.spawn = spawn
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(jobs) as pool:
+            # The first failure raises, as in the serial build.
+            list(pool.map(lambda c: spawn(c[0], **c[1]), commands))
+        return objects
+
+    compiler.compile = compile
+    compiler._mmfast_parallel = True
+
+
 class MmfastBuildExtension(BuildExtension):
     """PyTorch's BuildExtension, plus: no debug info in wheels, and the build record beside `_C`."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if build_with_cuda() and not self.build_temp.endswith("-cuda"):
+            # Other flags and headers than the CPU build's: objects of their own, so that
+            # alternating CPU and CUDA builds each recompile only what changed.
+            self.build_temp += "-cuda"
 
     def build_extension(self, ext) -> None:
         keep_debug = self.inplace or os.environ.get("MMFAST_KEEP_DEBUG_INFO", "0") == "1"
         if not keep_debug and "-Wl,--strip-debug" not in ext.extra_link_args:
             # A link flag only: the object files stay shared with the in-place developer build.
             ext.extra_link_args = [*ext.extra_link_args, "-Wl,--strip-debug"]
+        if not self.use_ninja:
+            _compile_in_parallel(self.compiler, build_jobs())
         super().build_extension(ext)
 
     def run(self) -> None:
@@ -131,6 +270,9 @@ class MmfastBuildExtension(BuildExtension):
                 Path(path).write_text(text, encoding="utf-8")
 
 
+USE_NINJA = os.environ.get("MMFAST_USE_NINJA") != "0"
+
+
 def print_config() -> None:
     plan = build_plan()
     if plan["extension"] == "CUDAExtension":
@@ -138,12 +280,15 @@ def print_config() -> None:
     print(json.dumps(plan, indent=2))
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--print-config"]:
-    print_config()
-    sys.exit(0)
-
-setup(
-    ext_modules=[extension()],
-    install_requires=[f"torch=={torch_base_version()}", "numpy"],
-    cmdclass={"build_ext": MmfastBuildExtension.with_options(use_ninja=True)},
-)
+# Run as a script (`python setup.py`, and by setuptools' build backend, which runs it as __main__);
+# the tests import it for its functions.
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--print-config"]:
+        print_config()
+        sys.exit(0)
+    setup(
+        ext_modules=[extension()],
+        install_requires=[f"torch=={torch_base_version()}", "numpy"],
+        # MMFAST_USE_NINJA=0: the distutils backend (compiled in parallel all the same), as without ninja.
+        cmdclass={"build_ext": MmfastBuildExtension.with_options(use_ninja=USE_NINJA)},
+    )
