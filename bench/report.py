@@ -1,9 +1,12 @@
 """Runs the benchmarks and writes `bench/RESULTS.md` and `bench/speedup.png`.
 
     python -m bench.report [--quick] [--runs N] [--output-dir bench]
+    python -m bench.report --gpu [--quick]   # bench/RESULTS-gpu.md: the GPU section alone
 
 The tables are ratios of best times (baseline time / mmfast time), with the machine, the
-versions, the date and the command that reproduces them.
+versions, the date and the command that reproduces them. The GPU report (`--gpu`, what
+`make gpu-check` writes) runs bench/test_bench_*_gpu.py (marker ``gpu``) and adds each case's peak
+CUDA memory (torch.cuda.max_memory_allocated), read from pytest-benchmark's JSON.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import json
 import math
 import os
 import platform
@@ -72,12 +76,16 @@ def run_benchmarks(
     saved_csv_path: Path | None = None,
     memory_csv_path: Path | None = None,
     only: str | None = None,
+    gpu_json_path: Path | None = None,
 ) -> int:
+    """Runs the benchmarks; with `gpu_json_path`, only the GPU section (bench/test_bench_*_gpu.py,
+    marker ``gpu``), keeping pytest-benchmark's JSON (with each case's peak memory) there."""
+    paths = [str(BENCH_DIR)] if gpu_json_path is None else [str(p) for p in gpu_bench_files()]
     command = [
         sys.executable,
         "-m",
         "pytest",
-        str(BENCH_DIR),
+        *paths,
         "-q",
         "-p",
         "no:cacheprovider",
@@ -88,7 +96,9 @@ def run_benchmarks(
         command.append(f"--saved-csv={saved_csv_path}")
     if memory_csv_path is not None:
         command.append(f"--memory-csv={memory_csv_path}")
-    if quick:
+    if gpu_json_path is not None:
+        command += [f"--benchmark-json={gpu_json_path}", "-m", "gpu and quick" if quick else "gpu"]
+    elif quick:
         command += ["-m", "quick"]
     if only:
         command += ["-k", only]
@@ -213,6 +223,100 @@ def peak_memory_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(out)
 
 
+def gpu_bench_files() -> list[Path]:
+    return sorted(BENCH_DIR.glob("test_bench_*_gpu.py"))
+
+
+GPU_MEMORY_IMPLS = ("mmfast", "eager", "compile")
+
+
+def read_gpu_memory(json_paths: list[Path]) -> list[dict[str, str]]:
+    """One row per case from pytest-benchmark JSON files: the peak CUDA memory of each
+    implementation (the smallest over the runs: it is the same in each but for allocator rounding)."""
+    peaks: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for path in json_paths:
+        for bench in json.loads(path.read_text(encoding="utf-8")).get("benchmarks", []):
+            info = bench.get("extra_info", {})
+            if "peak_mib" not in info or "impl" not in info:
+                continue
+            key = tuple(str(info[field]) for field in CASE_FIELDS)
+            impl, value = info["impl"], float(info["peak_mib"])
+            peaks[key][impl] = min(peaks[key].get(impl, value), value)
+    rows = []
+    for key in sorted(peaks, key=lambda k: (k[0], k[1], k[2], k[3], int(k[4]))):
+        row = dict(zip(CASE_FIELDS, key))
+        row |= {f"{impl}_mib": f"{mib:.3f}" for impl, mib in peaks[key].items()}
+        rows.append(row)
+    return rows
+
+
+def gpu_memory_table(rows: list[dict[str, str]]) -> str:
+    """Peak CUDA memory of one call per case, and how much more eager and torch.compile need."""
+    if not rows:
+        return ""
+    out = [
+        "### Peak GPU memory",
+        "",
+        "Peak CUDA memory of one call (torch.cuda.max_memory_allocated, after warm-up) beyond what",
+        "was allocated before it (inputs and parameters); outputs and gradients included, which every",
+        "implementation returns alike. Ratios above 1: mmfast needs less.",
+        "",
+        "| op | mode | dtype | shape | batch | mmfast MiB | eager MiB | compile MiB | eager / mmfast"
+        " | compile / mmfast |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        values = {
+            impl: float(row[f"{impl}_mib"]) if row.get(f"{impl}_mib") else None for impl in GPU_MEMORY_IMPLS
+        }
+        cells = [row[field] for field in CASE_FIELDS]
+        cells += [f"{v:.1f}" if v is not None else "-" for v in values.values()]
+        fused = values["mmfast"]
+        for baseline in ("eager", "compile"):
+            other = values[baseline]
+            cells.append(f"{other / fused:.2f}" if fused and other is not None else "-")
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    return "\n".join(out)
+
+
+def write_gpu_report(
+    rows: list[dict[str, str]],
+    memory_rows: list[dict[str, str]],
+    output_dir: Path,
+    quick: bool,
+    runs: int = 1,
+    name: str = "RESULTS-gpu.md",
+) -> Path:
+    """bench/RESULTS-gpu.md: the GPU section's speed-ups and peak memory (no chart)."""
+    import torch
+
+    command = "python -m bench.report --gpu" + (" --quick" if quick else "")
+    command += f" --runs {runs}" if runs > 1 else ""
+    over = f"over {runs} runs" if runs > 1 else "in this one run"
+    text = "\n".join(
+        [
+            "# GPU benchmark results",
+            "",
+            f"- Date: {dt.date.today().isoformat()}",
+            f"- Machine: {machine_description()}",
+            f"- Versions: {versions()}, CUDA {torch.version.cuda}",
+            f"- Command: `{command}`" + (" (what `make gpu-check` runs)" if quick else ""),
+            f"- Cases: bench/test_bench_*_gpu.py, marker `gpu`{' and `quick`' if quick else ''}; every",
+            "  timed call waits for its kernels (torch.cuda.synchronize).",
+            "- Ratios are baseline time / mmfast time, from the best (minimum) time of each case's",
+            f"  rounds {over}; above 1 means mmfast is faster. `x vs_linear_on_cat` compares with a",
+            "  bare cuBLAS linear + activation on an already concatenated input.",
+            "",
+            markdown_tables(rows),
+            gpu_memory_table(memory_rows),
+        ]
+    )
+    path = output_dir / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def plot(rows: list[dict[str, str]], path: Path) -> None:
     """One panel per (op, shape): speed-up against eager and torch.compile for each mode, dtype and
     batch, with the break-even line at 1."""
@@ -327,10 +431,16 @@ def main(argv: list[str] | None = None) -> int:
         "--runs", type=int, default=1, help="run the benchmarks this many times; report each case's best"
     )
     parser.add_argument("--only", default=None, help="only the cases pytest -k selects (e.g. contrastive)")
-    parser.add_argument("--name", default="RESULTS.md", help="file name of the report in the output dir")
+    parser.add_argument("--name", default=None, help="file name of the report in the output dir")
+    parser.add_argument(
+        "--gpu", action="store_true", help="the GPU section alone, with peak memory: RESULTS-gpu.md"
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f"--runs: expected at least 1, got {args.runs}")
+    if args.gpu:
+        return main_gpu(args)
+    args.name = args.name or "RESULTS.md"
     runs, status = [], 0
     with tempfile.TemporaryDirectory() as tmp:
         saved_path = Path(tmp) / "saved.csv"
@@ -356,6 +466,30 @@ def main(argv: list[str] | None = None) -> int:
             args.name,
         )
     print(f"wrote {path}" + ("" if args.only else f" and {args.output_dir / 'speedup.png'}"))
+    return status
+
+
+def main_gpu(args: argparse.Namespace) -> int:
+    if args.only:
+        print("bench.report: --only does not apply to --gpu", file=sys.stderr)
+        return 2
+    runs, json_paths, status = [], [], 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in range(args.runs):
+            csv_path, json_path = Path(tmp) / f"ratios{run}.csv", Path(tmp) / f"gpu{run}.json"
+            status = run_benchmarks(args.quick, csv_path, gpu_json_path=json_path) or status
+            if csv_path.exists():
+                runs.append(read_rows(csv_path))
+            if json_path.exists():
+                json_paths.append(json_path)
+        if not runs:
+            print("bench.report: the GPU benchmarks produced no results (no CUDA device?)", file=sys.stderr)
+            return status or 1
+        path = write_gpu_report(
+            best_of_runs(runs), read_gpu_memory(json_paths), args.output_dir, args.quick, args.runs,
+            args.name or "RESULTS-gpu.md",
+        )  # fmt: skip
+    print(f"wrote {path}")
     return status
 
 
