@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_SPEC := torch==2.13.0
 
-.PHONY: install build test demo bench bench-quick bench-gpu lint clean wheel cmake
+.PHONY: install build test demo bench bench-quick bench-gpu gpu-check lint clean wheel cuda-wheel cmake
 
 $(VENV)/.torch-installed:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,10 +43,13 @@ bench: install
 bench-quick: install
 	$(BENCH) -m quick
 
-# The GPU section (marker gpu): the CUDA and Triton kernels against eager and torch.compile.
+# The GPU section (bench/test_bench_*_gpu.py, marker gpu): every op's CUDA and Triton kernels
+# against eager and torch.compile, time and peak memory. `python -m bench.report --gpu` writes
+# bench/RESULTS-gpu.md from the same cases; `make gpu-check` runs their quick set.
 bench-gpu: install
 	@if $(PY) -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then \
-		$(BENCH) -m gpu; \
+		$(PY) -m pytest bench/test_bench_*_gpu.py -q -p no:cacheprovider \
+			--benchmark-columns=min,median,iqr,rounds --benchmark-sort=name -m gpu; \
 	else \
 		echo "make bench-gpu needs a CUDA GPU and a CUDA build of PyTorch; this machine has" \
 			"torch $$($(PY) -c 'import torch; print(torch.__version__, "(CUDA", torch.version.cuda, end=")")')" \
@@ -68,6 +71,42 @@ wheel: install
 	# build/lib keeps files deleted from the sources; only the objects in build/temp are reused.
 	flock .build.lock sh -c 'rm -rf build/lib.* && $(PIP) wheel --quiet --no-build-isolation --no-deps --wheel-dir $(WHEEL_DIR) .'
 	@ls -l $(WHEEL_DIR)/mmfast-*.whl
+
+# The CUDA wheel, built and checked on a machine without a GPU (CI does): `.venv-cuda` gets the CUDA
+# build of PyTorch (torch==2.14.1 is 2.14.1+cu130, about 5.4 GB, with triton and the nvidia-*
+# wheels; pinned, never a bare `torch`), the wheel is built against it for CUDA_ARCHS into
+# dist/cuda/ and installed there, and tools/check_cuda_wheel.py checks it from outside the source
+# tree: `import mmfast` without a GPU, a CPU and a CUDA kernel for every op of the op registry, the
+# torch pin, the cubins, and the CPU op tests. The CUDA objects stay in build/temp.*-cuda between
+# runs (setup.py), apart from the CPU build's.
+CUDA_VENV ?= .venv-cuda
+CUDA_PY := $(CUDA_VENV)/bin/python
+CUDA_TORCH_SPEC := torch==2.14.1
+CUDA_ARCHS ?= 8.0;9.0
+CUDA_WHEEL_DIR ?= dist/cuda
+$(CUDA_VENV)/.torch-installed:
+	test -x $(CUDA_PY) || $(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_PY) -m pip install --quiet --upgrade pip "setuptools>=77" wheel
+	$(CUDA_PY) -m pip install --quiet $(CUDA_TORCH_SPEC) numpy pytest hypothesis expecttest
+	touch $@
+
+cuda-wheel: $(CUDA_VENV)/.torch-installed
+	mkdir -p $(CUDA_WHEEL_DIR)
+	rm -f $(CUDA_WHEEL_DIR)/mmfast-*.whl
+	flock .build.lock sh -c 'rm -rf build/lib.* && FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" \
+		$(CUDA_PY) -m pip wheel --quiet --no-build-isolation --no-deps --wheel-dir $(CUDA_WHEEL_DIR) .'
+	@ls -l $(CUDA_WHEEL_DIR)/mmfast-*.whl
+	$(CUDA_PY) -m pip install --quiet --force-reinstall --no-deps $(CUDA_WHEEL_DIR)/mmfast-*.whl
+	$(CUDA_PY) tools/check_cuda_wheel.py $(CUDA_WHEEL_DIR)/mmfast-*.whl --archs "$(CUDA_ARCHS)"
+
+# On a GPU machine that already has a CUDA PyTorch (2.11+), Triton (3.6+), nvcc, pytest,
+# pytest-benchmark and hypothesis, and no network: builds the extension in place for its GPU with
+# `python3` from PATH (installs nothing), runs every CUDA test (marker cuda) and the Triton tests on
+# the GPU, then the GPU benchmark set, and writes bench/RESULTS-gpu.md. Without a GPU it says so
+# in one line and exits with status 2. See tools/gpu_check.py.
+GPU_PYTHON ?= python3
+gpu-check:
+	@$(GPU_PYTHON) tools/gpu_check.py
 
 # The CMake build of the same CPU library (build-cmake/libmmfast_ops.so), then a load check in a
 # fresh Python with torch.ops.load_library. cmake comes from PyPI when the system has none.

@@ -9,7 +9,10 @@ import mmfast
 from mmfast.ops import ACTIVATIONS, concat_linear, concat_linear_reference
 from tests._tolerances import AUTOCAST_CUDA, CUDA_FLOAT32, assert_matches_reference
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.cuda,
+]
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [

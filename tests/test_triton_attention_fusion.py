@@ -238,6 +238,7 @@ def test_bad_arguments_raise_before_any_launch(changes, message):
         attention_fusion_forward(**_with(case, **changes(case)))
 
 
+@pytest.mark.cuda
 @needs_compiled_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(

@@ -332,6 +332,7 @@ def test_scalars_must_be_0_dim():
         siglip_kernels.forward(image, text, scale, bias.reshape(1), 0)
 
 
+@pytest.mark.cuda
 @needs_compiled_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(

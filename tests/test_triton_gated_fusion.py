@@ -180,6 +180,7 @@ def test_bad_arguments_raise_before_any_launch(change, message):
         gated_fusion_forward(*change(xs, weight, bias))
 
 
+@pytest.mark.cuda
 @needs_compiled_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(
