@@ -9,6 +9,7 @@ strictly from one into the other, and a model built from twins (``reference=True
 - :class:`ReferenceConcatLinear` mirrors :class:`mmfast.nn.ConcatLinear`;
 - :class:`ReferenceGatedFusion` mirrors :class:`mmfast.nn.GatedFusion`;
 - :class:`ReferenceAttentionFusion` mirrors :class:`mmfast.nn.AttentionFusion`;
+- :class:`ReferenceFiLM` mirrors :class:`mmfast.nn.FiLM`;
 - :func:`scaled_dot_product_attention_reference` spells out the softmax attention that
   ``F.scaled_dot_product_attention`` fuses (the transformer fusion of ``mmfast.models``).
 
@@ -25,12 +26,14 @@ import torch.nn.functional as F
 from mmfast.nn._modality_inputs import ModalityInputs, check_feature_dims
 from mmfast.nn.attention_fusion import AttentionFusion
 from mmfast.nn.concat_linear import ConcatLinear
+from mmfast.nn.film import FiLM
 from mmfast.nn.gated_fusion import GatedFusion
-from mmfast.ops import concat_linear_reference, gated_fusion_reference
+from mmfast.ops import concat_linear_reference, film_reference, gated_fusion_reference
 
 __all__ = [
     "ReferenceAttentionFusion",
     "ReferenceConcatLinear",
+    "ReferenceFiLM",
     "ReferenceGatedFusion",
     "scaled_dot_product_attention_reference",
 ]
@@ -46,6 +49,15 @@ class ReferenceConcatLinear(ConcatLinear):
         """``forward(x1, x2, ...)``, ``forward([x1, x2, ...])`` or ``forward({name: x, ...})``, read
         and checked as by ``ConcatLinear``; returns ``[*, out_features]``."""
         return concat_linear_reference(self._ordered(inputs), self.weight, self.bias, self.activation)
+
+
+class ReferenceFiLM(FiLM):
+    """``FiLM`` computed in plain PyTorch: ``F.linear`` of the condition, ``chunk`` into gamma and
+    beta, and the broadcast multiply-add (the way eager FiLM blocks write it)."""
+
+    def forward(self, features: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """Modulates ``features [B, C, *spatial]`` by ``condition [B, K]``."""
+        return film_reference(features, condition, self.weight, self.bias)
 
 
 class ReferenceGatedFusion(GatedFusion):

@@ -9,6 +9,7 @@ from mmfast.ops.activations import ACTIVATIONS, apply_activation
 from mmfast.ops.attention_fusion import attention_fusion, attention_fusion_reference
 from mmfast.ops.clip_loss import clip_loss, clip_loss_reference
 from mmfast.ops.concat_linear import concat_linear, concat_linear_reference
+from mmfast.ops.film import film, film_reference
 from mmfast.ops.gated_fusion import gated_fusion, gated_fusion_reference
 from mmfast.ops.siglip_loss import siglip_loss, siglip_loss_reference
 
@@ -31,6 +32,8 @@ __all__ = [
     "clip_loss_reference",
     "concat_linear",
     "concat_linear_reference",
+    "film",
+    "film_reference",
     "gated_fusion",
     "gated_fusion_reference",
     "input_limits",
