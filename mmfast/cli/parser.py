@@ -7,11 +7,18 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
-from mmfast.train.config import AUTOCAST_CHOICES, DEVICE_CHOICES, LOSS_CHOICES, TASK_CHOICES, config_defaults
+from mmfast.train.config import (
+    AUTOCAST_CHOICES,
+    DEVICE_CHOICES,
+    LOSS_CHOICES,
+    TASK_CHOICES,
+    TEXT_ENCODER_CHOICES,
+    config_defaults,
+)
 
 # The names mmfast.models and mmfast.data define, repeated so that the parser imports neither.
-FUSIONS = ("concat", "gated", "attention", "transformer")
-DATASETS = ("av-digits", "scenes", "synthetic")
+FUSIONS = ("concat", "gated", "attention", "transformer", "film")
+DATASETS = ("av-digits", "easy-vqa", "scenes", "synthetic")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -52,16 +59,20 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
             help = f"{help} (default: %(default)s)" if help else "default: %(default)s"
         parser.add_argument(flag, dest=name, default=default, help=help, **kwargs)
 
-    option("--task", "classification, or image-text retrieval (a dual encoder)", choices=TASK_CHOICES)
-    option("--dataset", "", choices=DATASETS)
-    option("--fusion", "", choices=FUSIONS)
+    option(
+        "--task",
+        "classification, image-text retrieval (a dual encoder) or visual question answering (vqa)",
+        choices=TASK_CHOICES,
+    )
+    option("--dataset", "vqa: easy-vqa", choices=DATASETS)
+    option("--fusion", "film: vqa only", choices=FUSIONS)
     option(
         "--modalities",
         "comma-separated subset to train on, e.g. image or image,audio (default: all of the dataset's)",
         type=_modalities,
         metavar="LIST",
     )
-    option("--epochs", "maximum epochs", type=_positive_int)
+    option("--epochs", "maximum epochs (default: 10; vqa: 2)", type=_positive_int)
     option("--batch-size", "per process", type=_positive_int)
     option("--lr", "peak AdamW learning rate", type=float)
     option("--weight-decay", "", type=float)
@@ -73,6 +84,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         type=int,
     )
     option("--hidden", "encoder / fusion width", type=_positive_int)
+    option("--text-encoder", "text / question encoder", choices=TEXT_ENCODER_CHOICES)
     option("--loss", "retrieval: contrastive loss", choices=LOSS_CHOICES)
     option("--embed-dim", "retrieval: size of the joint embedding", type=_positive_int)
     option("--dropout", "dropout before the head", type=float)
@@ -82,7 +94,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     option("--autocast", "bfloat16 autocast", choices=AUTOCAST_CHOICES)
     option("--device", "", choices=DEVICE_CHOICES)
     data = parser.add_argument_group("dataset options (see mmfast.data.load_dataset)")
-    data.add_argument("--image-size", type=_positive_int, help="resize (scenes: draw) images to this side")
+    data.add_argument(
+        "--image-size", type=_positive_int, help="resize (scenes: draw) images to this side (easy-vqa: 32)"
+    )
     data.add_argument(
         "--corrupt-images", choices=("noise", "occlusion"), help="av-digits: corrupt every image"
     )
@@ -93,9 +107,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--num-classes", type=_positive_int, help="synthetic: 2 to 8 classes")
     data.add_argument("--difficulty", type=float, help="synthetic: in [0, 1], 0 = clean")
     data.add_argument("--n-mels", type=_positive_int, help="synthetic: mel bands of the audio")
-    data.add_argument("--num-train", type=_positive_int, help="scenes: training pairs (default 5000)")
-    data.add_argument("--num-val", type=_positive_int, help="scenes: validation pairs (default 1000)")
-    data.add_argument("--num-test", type=_positive_int, help="scenes: test gallery pairs (default 1000)")
+    data.add_argument(
+        "--num-train", type=_positive_int, help="scenes: training pairs (5000); easy-vqa: images (3600)"
+    )
+    data.add_argument(
+        "--num-val", type=_positive_int, help="scenes: validation pairs (1000); easy-vqa: images (400)"
+    )
+    data.add_argument(
+        "--num-test", type=_positive_int, help="scenes: test gallery pairs (1000); easy-vqa: images (1000)"
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -139,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train",
-        help="train a multimodal classifier or an image-text retrieval model",
+        help="train a multimodal classifier, an image-text retrieval model or a VQA model",
         description="Train a multimodal classifier (or, with --task retrieval, an image-text dual encoder "
-        "with --loss clip or siglip) and write checkpoints (last.pt, best.pt), log.jsonl, "
+        "with --loss clip or siglip; with --task vqa --dataset easy-vqa, a visual question answering "
+        "model with --fusion concat, gated, attention, film or transformer) and write checkpoints "
+        "(last.pt, best.pt), log.jsonl, "
         "curves.png and metrics.json (final test metrics under 'test') to --out. "
         "Under torchrun, trains data-parallel (gloo on CPU, nccl on GPU).",
     )
@@ -173,10 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="the AV-digits demo: fusions, single-modality baselines, corrupted images, fused vs reference, "
-        "and a short image-text retrieval run",
+        "a short image-text retrieval run and a short easy-VQA run",
         description="Train AV-digits with each fusion, image-only and audio-only baselines, the same with "
         "corrupted images, and time the fused model's training step against its plain-PyTorch twin; then "
-        "train a short image-text retrieval run on the generated scenes and rank its test gallery.",
+        "train a short image-text retrieval run on the generated scenes and rank its test gallery, and a "
+        "short FiLM visual question answering run on easy-VQA.",
     )
     demo.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default: runs/demo)")
     demo.add_argument("--quick", action="store_true", help="fewer epochs (a smoke test, lower accuracy)")

@@ -41,9 +41,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """The scalar metrics (a classifier's, or a retrieval run's and its gallery size), one per line,
-    aligned."""
-    retrieval = "count" in metrics
+    """The scalar metrics (a classifier's; a VQA run's, its accuracy per question type and number of
+    questions; or a retrieval run's and its gallery size), one per line, aligned."""
+    vqa = "accuracy_by_type" in metrics
+    retrieval = "count" in metrics and not vqa
     names = [*(RETRIEVAL_METRIC_NAMES if retrieval else METRIC_NAMES), "loss"]
     lines = []
     for name in names:
@@ -51,6 +52,10 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         if isinstance(value, float):
             text = "n/a" if math.isnan(value) else f"{value:.1f}" if "median" in name else f"{value:.4f}"
             lines.append(f"  {name:<16} {text}")
+    if vqa:
+        for kind, value in metrics["accuracy_by_type"].items():
+            lines.append(f"  {'accuracy ' + kind:<16} {value:.4f}")
+        lines.append(f"  {'count':<16} {metrics['count']} (questions)")
     if retrieval:
         lines.append(f"  {'count':<16} {metrics['count']} (gallery pairs)")
     return "\n".join(lines)
@@ -78,7 +83,9 @@ def run_train(args: argparse.Namespace) -> int:
         model = (
             f"retrieval, {config.loss} loss"
             if config.task == "retrieval"
-            else f"{config.fusion}{' (reference)' if config.reference else ''}"
+            else f"{'vqa, ' if config.task == 'vqa' else ''}{config.fusion}"
+            f"{' (reference)' if config.reference else ''}"
+            f"{' on ' + ','.join(config.modalities) + ' only' if config.modalities else ''}"
         )
         selection = trainer.selection_metric
         print(

@@ -6,10 +6,15 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from mmfast.data import av_digits, scenes, synthetic
+from mmfast.data import av_digits, easy_vqa, scenes, synthetic
 from mmfast.data.info import DatasetInfo
 
-_DATASETS = {av_digits.NAME: av_digits, scenes.NAME: scenes, synthetic.NAME: synthetic}
+_DATASETS = {
+    av_digits.NAME: av_digits,
+    easy_vqa.NAME: easy_vqa,
+    scenes.NAME: scenes,
+    synthetic.NAME: synthetic,
+}
 DATASET_NAMES: tuple[str, ...] = tuple(sorted(_DATASETS))
 
 
@@ -26,13 +31,15 @@ def load_dataset(name: str, split: str, *, seed: int = 0, **options: Any) -> Dat
         name: ``"av-digits"`` (spoken + handwritten digits, real data; see
             :mod:`mmfast.data.av_digits`) or ``"synthetic"`` (image + text + audio with a
             controllable difficulty; see :mod:`mmfast.data.synthetic`) or ``"scenes"`` (generated
-            images of coloured shapes with captions, for retrieval; see :mod:`mmfast.data.scenes`).
+            images of coloured shapes with captions, for retrieval; see :mod:`mmfast.data.scenes`)
+            or ``"easy-vqa"`` (questions about images of a coloured shape, 13 answers, from the
+            ``easy-vqa`` package; see :mod:`mmfast.data.easy_vqa`).
         split: ``"train"``, ``"val"`` or ``"test"``; the three never share a sample.
         seed: fixes the split (and, for ``synthetic``, the data): same seed, same tensors.
         options: dataset options (av-digits: ``image_size``, ``corrupt_images``,
             ``corruption_strength``, ``normalize_audio``; synthetic: ``num_samples``,
-            ``num_classes``, ``difficulty``, ``image_size``, ``n_mels``; scenes: ``num_train``,
-            ``num_val``, ``num_test``, ``image_size``).
+            ``num_classes``, ``difficulty``, ``image_size``, ``n_mels``; scenes and easy-vqa:
+            ``num_train``, ``num_val``, ``num_test``, ``image_size``).
 
     Batch the samples with :func:`mmfast.data.collate`.
     """

@@ -2,8 +2,16 @@
 attention fusions, to a token sequence with its padding mask)."""
 
 from mmfast.encoders.audio import AudioEncoder
-from mmfast.encoders.base import ModalityEncoder
-from mmfast.encoders.image import ImageEncoder
+from mmfast.encoders.base import EncoderOutputs, ModalityEncoder
+from mmfast.encoders.image import ImageEncoder, sinusoidal_positions_2d
 from mmfast.encoders.text import TEXT_ENCODER_KINDS, TextEncoder
 
-__all__ = ["TEXT_ENCODER_KINDS", "AudioEncoder", "ImageEncoder", "ModalityEncoder", "TextEncoder"]
+__all__ = [
+    "TEXT_ENCODER_KINDS",
+    "AudioEncoder",
+    "EncoderOutputs",
+    "ImageEncoder",
+    "ModalityEncoder",
+    "TextEncoder",
+    "sinusoidal_positions_2d",
+]

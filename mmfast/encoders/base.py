@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
@@ -24,6 +24,16 @@ class ModalityEncoder(Protocol):
     def forward_tokens(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+class EncoderOutputs(NamedTuple):
+    """What ``forward_with_tokens`` returns: the pooled vector ``[B, out_dim]`` (what ``forward``
+    returns), the tokens ``[B, S, out_dim]`` (what ``forward_tokens`` returns) and their padding
+    mask ``[B, S]`` (True at padding; None when every token is valid), from one pass."""
+
+    pooled: torch.Tensor
+    tokens: torch.Tensor
+    padding_mask: torch.Tensor | None
 
 
 def check_lengths(lengths: torch.Tensor | None, batch: int, max_length: int, name: str) -> torch.Tensor:

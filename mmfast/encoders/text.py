@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mmfast.encoders.base import check_lengths, masked_mean
+from mmfast.encoders.base import EncoderOutputs, check_lengths, masked_mean
 from mmfast.nn._padding import lengths_to_padding_mask
 
 TEXT_ENCODER_KINDS = ("lstm", "transformer")
@@ -33,7 +33,9 @@ class TextEncoder(nn.Module):
     the recurrence); the output projects the last hidden state of both directions.
     ``kind="transformer"``: scaled embedding plus sinusoidal positions, pre-norm
     ``nn.TransformerEncoder`` with a key padding mask; the output is the mean of the valid tokens.
-    The tokens (:meth:`forward_tokens`) are the projected per-position outputs.
+    The tokens (:meth:`forward_tokens`) are the projected per-position outputs (the transformer's
+    carry the sinusoidal positions of its input); :meth:`forward_with_tokens` returns the pooled
+    vector and the tokens of one pass.
 
     Args:
         vocab_size: number of token ids (special tokens included).
@@ -135,3 +137,13 @@ class TextEncoder(nn.Module):
         """Projected per-position outputs ``[B, L, out_dim]`` and the padding mask ``[B, L]``."""
         outputs, padding_mask, _ = self._run(tokens, lengths)
         return self.proj(outputs), padding_mask
+
+    def forward_with_tokens(
+        self, tokens: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> EncoderOutputs:
+        """The pooled ``[B, out_dim]`` (as :meth:`forward`), the token sequence ``[B, L, out_dim]``
+        and its padding mask (as :meth:`forward_tokens`), from one pass of the LSTM or Transformer."""
+        outputs, padding_mask, final = self._run(tokens, lengths)
+        sequence = self.proj(outputs)
+        pooled = self.proj(final) if final is not None else masked_mean(sequence, padding_mask)
+        return EncoderOutputs(pooled, sequence, padding_mask)

@@ -1,5 +1,5 @@
-"""Evaluation of a classifier on a dataset split, and of a saved checkpoint (a classifier's or a
-retrieval dual encoder's)."""
+"""Evaluation of a classifier (or a VQA model) on a dataset split, and of a saved checkpoint (a
+classifier's, a VQA model's or a retrieval dual encoder's)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from mmfast.train.distributed import DistributedContext, evaluation_shard
 from mmfast.train.metrics import classification_metrics
 from mmfast.train.retrieval import evaluate_retrieval
 from mmfast.train.runtime import resolve_device
+from mmfast.train.vqa import question_types_of, vqa_metrics
 
 EVAL_BATCH_SIZE = 256
 
@@ -40,6 +41,43 @@ def evaluate_model(
     evaluates every ``world_size``-th sample, after taking the first process's buffers (BatchNorm
     statistics are per process on CPU), and every process returns the metrics of the whole dataset,
     computed from the gathered predictions in dataset order."""
+    loss, y, p = predict(model, dataset, device, autocast, batch_size, dist)
+    metrics = classification_metrics(y.numpy(), p.numpy())
+    metrics["loss"] = float(loss.sum()) / len(y)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_vqa(
+    model: nn.Module,
+    dataset: Dataset,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    batch_size: int = EVAL_BATCH_SIZE,
+    dist: DistributedContext | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate_model` of a VQA model plus the accuracy per question type
+    (``"accuracy_by_type"``, from ``dataset.extras["question_types"]``) and ``"count"``, the number
+    of questions (:func:`~mmfast.train.vqa.vqa_metrics`); sharded as :func:`evaluate_model` is."""
+    kinds = question_types_of(dataset)
+    loss, y, p = predict(model, dataset, device, autocast, batch_size, dist)
+    metrics = vqa_metrics(y.numpy(), p.numpy(), kinds)
+    metrics["loss"] = float(loss.sum()) / len(y)
+    return metrics
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    dataset: Dataset,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    batch_size: int = EVAL_BATCH_SIZE,
+    dist: DistributedContext | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample cross-entropy ``[N]`` (float64), labels ``[N]`` and softmax probabilities
+    ``[N, C]`` of ``model`` on every sample of ``dataset``, in dataset order, in eval mode (sharded
+    over the processes as :func:`evaluate_model` describes)."""
     if len(dataset) == 0:
         raise ValueError("dataset: expected at least one sample to evaluate")
     model.eval()
@@ -62,9 +100,7 @@ def evaluate_model(
     if sharded:
         per_sample = _in_dataset_order(dist.all_gather_objects(per_sample))
     _, loss, y, p = per_sample
-    metrics = classification_metrics(y.numpy(), p.numpy())
-    metrics["loss"] = float(loss.sum()) / len(y)
-    return metrics
+    return loss, y, p
 
 
 def _in_dataset_order(shards: list[tuple[torch.Tensor, ...] | None]) -> tuple[torch.Tensor, ...]:
@@ -80,7 +116,8 @@ def evaluate_checkpoint(
     """Metrics of the weights in checkpoint ``path`` on ``split`` of the dataset it was trained on
     (same options and seed, so the same split), with the run's autocast setting: those of
     :func:`evaluate_model` for a classifier, of :func:`~mmfast.train.retrieval.evaluate_retrieval`
-    (loss over batches of the run's batch size) for a retrieval run; plus ``"epoch"``."""
+    (loss over batches of the run's batch size) for a retrieval run, of :func:`evaluate_vqa` for a
+    VQA run; plus ``"epoch"``."""
     state = load_checkpoint(path, required=MODEL_KEYS)
     config = checkpoint_config(state, path)
     target = resolve_device(device or config.device)
@@ -99,6 +136,8 @@ def evaluate_checkpoint(
 
     if config.task == "retrieval":
         metrics = evaluate_retrieval(model, dataset, target, autocast, loss_batch_size=config.batch_size)
+    elif config.task == "vqa":
+        metrics = evaluate_vqa(model, dataset, target, autocast)
     else:
         metrics = evaluate_model(model, dataset, target, autocast)
     metrics["epoch"] = int(state.get("epoch", 0))

@@ -1,4 +1,5 @@
-"""`Trainer`: trains, evaluates and checkpoints a multimodal classifier or an image-text dual encoder."""
+"""`Trainer`: trains, evaluates and checkpoints a multimodal classifier, a VQA model or an image-text
+dual encoder."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from mmfast.train.checkpoint import (
 )
 from mmfast.train.config import TrainConfig
 from mmfast.train.distributed import DistributedContext
-from mmfast.train.evaluation import evaluate_model
+from mmfast.train.evaluation import evaluate_model, evaluate_vqa
 from mmfast.train.metrics import METRIC_NAMES
 from mmfast.train.records import append_jsonl, plot_curves, write_json
 from mmfast.train.retrieval import RETRIEVAL_METRIC_NAMES, SELECTION_METRIC, evaluate_retrieval
@@ -68,7 +69,9 @@ class Trainer:
     over the pairs of each process's batch), the metrics are those of
     :func:`~mmfast.train.retrieval.evaluate_retrieval` (recall@K and median rank both ways over the
     whole split), and the validation metric that selects the best epoch and stops early is
-    ``mean_recall@1`` (``best_accuracy`` then holds it). Under `torchrun` each process trains on
+    ``mean_recall@1`` (``best_accuracy`` then holds it). A VQA run (``config.task == "vqa"``) trains
+    like a classifier over the answers; its metrics add ``accuracy_by_type`` and ``count``. Under
+    `torchrun` each process trains on
     its shard of every epoch (`DistributedSampler`) and gradients are averaged
     (`DistributedDataParallel`); the first process writes the files. The data order depends only
     on the seed and the epoch, and checkpoints carry every RNG state, so a resumed run ends with
@@ -168,7 +171,8 @@ class Trainer:
 
     def evaluate(self, split: str = "val") -> dict[str, Any]:
         """Loss and metrics (see `classification_metrics`, or for retrieval `evaluate_retrieval`,
-        whose loss is over batches of ``config.batch_size`` pairs) of the current model on `split`;
+        whose loss is over batches of ``config.batch_size`` pairs, or for VQA `evaluate_vqa`, which
+        adds the accuracy per question type) of the current model on `split`;
         under `torchrun` each process evaluates its shard and all get the metrics of the whole split."""
         if self.retrieval:
             return evaluate_retrieval(
@@ -179,6 +183,8 @@ class Trainer:
                 dist=self.dist,
                 loss_batch_size=self.config.batch_size,
             )
+        if self.config.task == "vqa":
+            return evaluate_vqa(self.model, self.splits[split], self.device, self._autocast, dist=self.dist)
         return evaluate_model(self.model, self.splits[split], self.device, self._autocast, dist=self.dist)
 
     def train_epoch(self) -> float:

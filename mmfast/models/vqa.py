@@ -1,0 +1,265 @@
+"""Visual question answering: `VQAModel` (an image encoder, a question encoder, a fusion and an answer
+classifier) with the fusions of :data:`VQA_FUSIONS`, and `build_vqa_model`, sized for a dataset.
+
+- ``concat``: the pooled question and image vectors into a ``ConcatLinear`` + ReLU layer, then the
+  answer layer: the classic CNN + LSTM + MLP baseline.
+- ``gated``, ``attention``: the library's ``GatedFusion`` / ``AttentionFusion`` over the two pooled
+  vectors, then an MLP.
+- ``film``: feature-wise linear modulation (Perez et al., "FiLM: Visual Reasoning with a General
+  Conditioning Layer", AAAI 2018): residual blocks over the CNN's feature map whose normalised
+  features are scaled and shifted per channel by the question, ``map * (1 + gamma) + beta`` with
+  ``gamma, beta`` a linear function of the pooled question; then the image encoder's projection of
+  each position, mean- and max-pooling and an MLP.
+- ``transformer``: the question's tokens and the image's tokens (one per position of the feature
+  map, average-pooled to at most 8 x 8, with a 2-D position encoding) through
+  :class:`~mmfast.models.TransformerFusion`: a fusion
+  token and the question attend over the image regions; then an MLP.
+
+With one modality (``modalities=["text"]``: the question-only baseline; ``["image"]``: image
+only) only ``concat`` applies: the one pooled vector through the ``ConcatLinear`` + ReLU layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmfast.data.info import DatasetInfo
+from mmfast.encoders.image import ImageEncoder
+from mmfast.encoders.text import TextEncoder
+from mmfast.models.concat import ConcatFusion
+from mmfast.models.fusion import build_fusion, build_head
+from mmfast.models.transformer import TransformerFusion
+from mmfast.nn.concat_linear import ConcatLinear
+from mmfast.nn.film import FiLM
+from mmfast.nn.reference import ReferenceConcatLinear, ReferenceFiLM
+
+__all__ = ["VQA_FUSIONS", "FiLMBlock", "FiLMFusion", "VQAModel", "build_vqa_model"]
+
+VQA_FUSIONS: tuple[str, ...] = ("concat", "gated", "attention", "film", "transformer")
+# The modality names of a VQA batch: the image and the question's token ids.
+IMAGE, QUESTION = "image", "text"
+
+
+class FiLMBlock(nn.Module):
+    """A residual block modulated by a condition (FiLM's ResBlock): ``x = relu(conv1x1(x))``, then
+    ``x + relu(film(bn(conv3x3(x)), condition))``; the BatchNorm has no affine parameters of its own
+    (FiLM's ``gamma`` and ``beta`` take their place). The modulation is :class:`mmfast.nn.FiLM`
+    (``reference=True``: :class:`mmfast.nn.reference.ReferenceFiLM`)."""
+
+    def __init__(self, channels: int, cond_dim: int, reference: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        # The fused mmfast.nn.FiLM (mmfast.ops.film), or its plain-PyTorch twin.
+        self.film = (ReferenceFiLM if reference else FiLM)(channels, cond_dim)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, C, H, W]``, ``condition`` ``[B, cond_dim]`` -> ``[B, C, H, W]``."""
+        x = torch.relu(self.conv1(x))
+        return x + torch.relu(self.film(self.norm(self.conv2(x)), condition))
+
+
+class FiLMFusion(nn.Module):
+    """``blocks`` :class:`FiLMBlock` over an image feature map, conditioned on the pooled question;
+    then each position's features (through ``projection``, when given: the image encoder's own
+    token projection), their mean and their max over positions into a ``ConcatLinear`` + ReLU
+    layer: ``[B, out_dim]``.
+
+    Args:
+        channels: channels of the feature map.
+        cond_dim: size of the question vector.
+        out_dim: size of the output.
+        blocks: FiLM'd residual blocks.
+        reference: the ``FiLM`` and ``ConcatLinear`` layers from :mod:`mmfast.nn.reference`.
+        token_dim: size of each position after ``projection`` (default: ``channels``).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        cond_dim: int,
+        out_dim: int,
+        blocks: int = 2,
+        reference: bool = False,
+        token_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        if blocks < 1:
+            raise ValueError(f"blocks: expected >= 1 FiLM blocks, got {blocks}")
+        self.out_dim = out_dim
+        self.blocks = nn.ModuleList(FiLMBlock(channels, cond_dim, reference) for _ in range(blocks))
+        layer = ReferenceConcatLinear if reference else ConcatLinear
+        width = channels if token_dim is None else token_dim
+        self.pool = layer([width, width], out_dim, activation="relu")
+
+    def forward(
+        self, feature_map: torch.Tensor, condition: torch.Tensor, projection: nn.Module | None = None
+    ) -> torch.Tensor:
+        """``feature_map`` ``[B, C, H, W]``, ``condition`` ``[B, cond_dim]`` -> ``[B, out_dim]``."""
+        x = feature_map
+        for block in self.blocks:
+            x = block(x, condition)
+        tokens = x.flatten(2).transpose(1, 2)  # [B, H * W, C]
+        if projection is not None:
+            tokens = projection(tokens)
+        return self.pool([tokens.mean(dim=1), tokens.amax(dim=1)])
+
+
+def _mlp_head(in_dim: int, hidden: int, num_answers: int, dropout: float) -> nn.Sequential:
+    """``Linear -> ReLU -> Dropout -> Linear``: the answer classifier after a fusion."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_answers)
+    )
+
+
+class VQAModel(nn.Module):
+    """Answers a question about an image: logits ``[B, num_answers]`` from a batch with
+    ``"image"`` ``[B, C, H, W]`` and ``"text"`` (the question's ids ``[B, L]``, with
+    ``"text_lengths"``); other keys are ignored. See the module docstring for the fusions.
+
+    Args:
+        image_encoder: an :class:`~mmfast.encoders.ImageEncoder` (None: question only).
+        question_encoder: a :class:`~mmfast.encoders.TextEncoder` (None: image only).
+        fusion: one of :data:`VQA_FUSIONS` (``concat`` only, with a single encoder).
+        num_answers: number of answers (at least 2).
+        hidden: width of the fusion and of the MLP.
+        dropout: before the answer layer (and inside the transformer fusion).
+        num_heads, num_layers: of the transformer fusion.
+        film_blocks: FiLM'd residual blocks of the ``film`` fusion.
+        image_grid: the transformer fusion's image tokens are the feature map average-pooled to
+            at most ``image_grid x image_grid`` positions (None: every position).
+        reference: the fusion layers from :mod:`mmfast.nn.reference` (same parameter names).
+    """
+
+    def __init__(
+        self,
+        image_encoder: ImageEncoder | None,
+        question_encoder: TextEncoder | None,
+        fusion: str = "concat",
+        num_answers: int = 13,
+        *,
+        hidden: int = 128,
+        dropout: float = 0.1,
+        num_heads: int = 4,
+        num_layers: int = 2,
+        film_blocks: int = 2,
+        image_grid: int | None = 8,
+        reference: bool = False,
+    ) -> None:
+        super().__init__()
+        if image_grid is not None and image_grid < 1:
+            raise ValueError(f"image_grid: expected a positive side or None, got {image_grid}")
+        self.image_grid = image_grid
+        if fusion not in VQA_FUSIONS:
+            raise ValueError(f"fusion: expected one of {', '.join(VQA_FUSIONS)}, got {fusion!r}")
+        encoders = {IMAGE: image_encoder, QUESTION: question_encoder}
+        present = {name: encoder for name, encoder in encoders.items() if encoder is not None}
+        if not present:
+            raise ValueError("VQAModel: expected an image encoder, a question encoder or both")
+        if len(present) == 1 and fusion != "concat":
+            raise ValueError(
+                f"fusion={fusion!r}: needs the image and the question; with only {next(iter(present))!r} "
+                "use fusion='concat'"
+            )
+        self.fusion_kind = fusion
+        self.modalities: tuple[str, ...] = tuple(sorted(present))
+        self.encoders = nn.ModuleDict(present)
+        dims = [int(present[m].out_dim) for m in self.modalities]
+        if fusion == "concat":
+            self.fusion: nn.Module = ConcatFusion(dims, hidden, reference)
+            self.head: nn.Module = build_head(hidden, num_answers, dropout)
+            return
+        if fusion == "film":
+            self.fusion = FiLMFusion(
+                image_encoder.feature_channels,
+                question_encoder.out_dim,
+                hidden,
+                film_blocks,
+                reference,
+                token_dim=image_encoder.out_dim,
+            )
+        elif fusion == "transformer":
+            self.fusion = TransformerFusion(
+                dims, hidden, num_heads, num_layers, dropout=dropout, reference=reference
+            )
+        else:
+            self.fusion = build_fusion(fusion, dict(zip(self.modalities, dims)), hidden, reference=reference)
+        self.head = _mlp_head(self.fusion.out_dim, hidden, num_answers, dropout)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Logits ``[B, num_answers]``."""
+        missing = [m for m in self.modalities if m not in batch]
+        if missing:
+            raise ValueError(f"batch: expected the keys {list(self.modalities)}, missing {missing}")
+        lengths = batch.get(f"{QUESTION}_lengths")
+        if self.fusion_kind == "film":
+            image = self.encoders[IMAGE].features(batch[IMAGE])
+            question = self.encoders[QUESTION](batch[QUESTION], lengths)
+            return self.head(self.fusion(image, question, self.encoders[IMAGE].proj))
+        if self.fusion_kind == "transformer":
+            image_encoder = self.encoders[IMAGE]
+            feature_map = image_encoder.features(batch[IMAGE])
+            if self.image_grid is not None and max(feature_map.shape[-2:]) > self.image_grid:
+                side = (
+                    min(self.image_grid, feature_map.shape[-2]),
+                    min(self.image_grid, feature_map.shape[-1]),
+                )
+                feature_map = F.adaptive_avg_pool2d(feature_map, side)
+            image_tokens = image_encoder.tokens_of(feature_map).tokens
+            question_tokens, question_mask = self.encoders[QUESTION].forward_tokens(batch[QUESTION], lengths)
+            # Sorted modality order: image, then text.
+            return self.head(self.fusion([image_tokens, question_tokens], [None, question_mask]))
+        features = [self.encoders[m](batch[m], lengths if m == QUESTION else None) for m in self.modalities]
+        return self.head(self.fusion(features))
+
+
+def build_vqa_model(
+    info: DatasetInfo,
+    *,
+    fusion: str = "concat",
+    modalities: Sequence[str] | None = None,
+    hidden: int = 128,
+    dropout: float = 0.1,
+    reference: bool = False,
+    text_encoder: str = "lstm",
+    image_channels: Sequence[int] = (8, 16, 32),
+    num_heads: int = 4,
+    num_layers: int = 2,
+    film_blocks: int = 2,
+    image_grid: int | None = 8,
+) -> VQAModel:
+    """A :class:`VQAModel` for dataset ``info`` (images and questions as ``"text"``; the answers are
+    its classes): an :class:`~mmfast.encoders.ImageEncoder` with ``image_channels`` (its tokens with
+    2-D positions) and a :class:`~mmfast.encoders.TextEncoder` of kind ``text_encoder``, both of
+    output size ``hidden``; ``modalities`` ``["text"]`` or ``["image"]`` for a single-modality
+    baseline (default: both)."""
+    chosen = tuple(sorted(info.modalities if modalities is None else modalities))
+    if not chosen or len(set(chosen)) != len(chosen) or not set(chosen) <= {IMAGE, QUESTION}:
+        raise ValueError(f"modalities: expected image, text or both, got {list(chosen)}")
+    if info.image_shape is None or info.vocab_size is None:
+        raise ValueError(f"dataset {info.name!r}: VQA needs images and questions (text)")
+    image_encoder = question_encoder = None
+    if IMAGE in chosen:
+        image_encoder = ImageEncoder(
+            info.image_shape[0], hidden, channels=image_channels, token_positions=True
+        )
+    if QUESTION in chosen:
+        question_encoder = TextEncoder(info.vocab_size, hidden, kind=text_encoder, pad_id=info.pad_id)
+    return VQAModel(
+        image_encoder,
+        question_encoder,
+        fusion,
+        info.num_classes,
+        hidden=hidden,
+        dropout=dropout,
+        num_heads=num_heads,
+        num_layers=num_layers,
+        film_blocks=film_blocks,
+        image_grid=image_grid,
+        reference=reference,
+    )
