@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_SPEC := torch==2.13.0
 
-.PHONY: install build test demo bench bench-quick bench-gpu gpu-check lint clean wheel cuda-wheel cmake
+.PHONY: install build test demo bench bench-quick bench-gpu gpu-check lint triton-aot clean wheel cuda-wheel cmake
 
 $(VENV)/.torch-installed:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,13 @@ bench-gpu: install
 
 lint: install
 	$(PY) -m ruff check mmfast tests bench setup.py
+
+# Every Triton kernel compiled ahead of time for sm_80 and sm_90 without a GPU (each autotune config
+# the autotuners can pick, every dtype, a few shapes), through Triton's cache (TRITON_CACHE_DIR):
+# registers, spill bytes and shared memory in bench/TRITON_AOT.md and .json; fails on a compile
+# error, any spill or shared memory over the architecture's limit. See mmfast/triton/aot.py.
+triton-aot: install
+	TRITON_INTERPRET=0 $(PY) -m mmfast.triton.aot --arch 80,90
 
 # A binary wheel in dist/: the compiled extension (without debug info), the Triton kernels, and
 # `torch==<the version built against>` in its metadata. On a machine with CUDA PyTorch,

@@ -6,7 +6,16 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from mmfast.triton._common import INTERPRETED, config, pick, segment_of, select_configs
+from mmfast.triton._common import (
+    INTERPRETED,
+    config,
+    configs_by_dot,
+    configs_for_dot,
+    dot_kind,
+    pick,
+    segment_of,
+    select_configs,
+)
 
 # `tl.dot` needs at least 16 columns: the M scores are padded to this.
 MIN_SCORE_COLUMNS = 16
@@ -23,35 +32,73 @@ _FORWARD_CONFIGS = select_configs(
     config(4, 1, BLOCK_R=16, BLOCK_O=16, BLOCK_K=16),
 )
 
-_INPUT_GRAD_CONFIGS = select_configs(
-    [
-        config(8, 3, BLOCK_R=128, BLOCK_O=32),
-        config(4, 4, BLOCK_R=64, BLOCK_O=32),
-        config(4, 3, BLOCK_R=64, BLOCK_O=64),
-        config(4, 4, BLOCK_R=32, BLOCK_O=64),
-        config(4, 3, BLOCK_R=16, BLOCK_O=64),
+# The backward's GPU configs per dot kind (`_common.dot_kind`). Every one was compiled ahead of time
+# for sm_80 and sm_90 at the launches of `mmfast.triton.attention_fusion.aot_cases` (`make
+# triton-aot`) and spills nothing; IEEE float32 dots run on FMA, which spills the larger tiles.
+_INPUT_GRAD_TILES = [
+    config(8, 3, BLOCK_R=128, BLOCK_O=32),
+    config(4, 4, BLOCK_R=64, BLOCK_O=32),
+    config(4, 3, BLOCK_R=16, BLOCK_O=64),
+]
+_INPUT_GRAD_MMA_TILES = [
+    *_INPUT_GRAD_TILES,
+    config(4, 3, BLOCK_R=64, BLOCK_O=64),
+    config(4, 4, BLOCK_R=32, BLOCK_O=64),
+]
+_INPUT_GRAD_GPU_CONFIGS = {
+    "16-bit": _INPUT_GRAD_MMA_TILES,
+    "tf32": _INPUT_GRAD_MMA_TILES,
+    "fp32": [*_INPUT_GRAD_TILES, config(4, 3, BLOCK_R=32, BLOCK_O=32), config(4, 3, BLOCK_R=64, BLOCK_O=16)],
+}
+_INPUT_GRAD_CONFIGS = configs_by_dot(_INPUT_GRAD_GPU_CONFIGS, config(4, 1, BLOCK_R=16, BLOCK_O=16))
+
+_PROJ_GRAD_TILES = [
+    config(8, 3, BLOCK_O=128, BLOCK_R=32),
+    config(8, 3, BLOCK_O=128, BLOCK_R=64),
+    config(4, 4, BLOCK_O=64, BLOCK_R=32),
+    config(4, 3, BLOCK_O=64, BLOCK_R=64),
+]
+_PROJ_WEIGHT_GRAD_GPU_CONFIGS = {
+    "16-bit": _PROJ_GRAD_TILES,
+    "tf32": _PROJ_GRAD_TILES,
+    "fp32": [
+        config(8, 3, BLOCK_O=128, BLOCK_R=16),
+        config(8, 3, BLOCK_O=64, BLOCK_R=32),
+        config(8, 3, BLOCK_O=64, BLOCK_R=16),
+        config(4, 3, BLOCK_O=64, BLOCK_R=16),
+        config(4, 3, BLOCK_O=32, BLOCK_R=32),
+        config(4, 3, BLOCK_O=32, BLOCK_R=16),
     ],
-    config(4, 1, BLOCK_R=16, BLOCK_O=16),
+}
+_PROJ_WEIGHT_GRAD_CONFIGS = configs_by_dot(
+    _PROJ_WEIGHT_GRAD_GPU_CONFIGS, config(4, 1, BLOCK_O=16, BLOCK_R=16)
 )
 
-_PROJ_WEIGHT_GRAD_CONFIGS = select_configs(
-    [
-        config(8, 3, BLOCK_O=128, BLOCK_R=32),
-        config(8, 3, BLOCK_O=128, BLOCK_R=64),
-        config(4, 4, BLOCK_O=64, BLOCK_R=32),
-        config(4, 3, BLOCK_O=64, BLOCK_R=64),
-    ],
-    config(4, 1, BLOCK_O=16, BLOCK_R=16),
-)
+_SCORE_WEIGHT_GRAD_GPU_CONFIGS = {
+    "16-bit": [config(4, 3, BLOCK_R=128), config(4, 3, BLOCK_R=64), config(4, 4, BLOCK_R=32)],
+    "tf32": [config(4, 3, BLOCK_R=64), config(4, 4, BLOCK_R=32)],
+    "fp32": [config(4, 3, BLOCK_R=128), config(4, 3, BLOCK_R=64), config(4, 4, BLOCK_R=32)],
+}
+_SCORE_WEIGHT_GRAD_CONFIGS = configs_by_dot(_SCORE_WEIGHT_GRAD_GPU_CONFIGS, config(4, 1, BLOCK_R=16))
 
-_SCORE_WEIGHT_GRAD_CONFIGS = select_configs(
-    [
-        config(4, 3, BLOCK_R=128),
-        config(4, 3, BLOCK_R=64),
-        config(4, 4, BLOCK_R=32),
-    ],
-    config(4, 1, BLOCK_R=16),
-)
+
+def _prune_input_grad(configs, named_args, **kwargs):
+    """The configs of the launch's dot kind."""
+    kind = dot_kind(named_args["GRAD_OUT"].element_size(), kwargs["DOT_PRECISION"])
+    return configs_for_dot(configs, _INPUT_GRAD_GPU_CONFIGS, kind)
+
+
+def _prune_proj_grad(configs, named_args, **kwargs):
+    """The configs of the launch's dot kind."""
+    kind = dot_kind(named_args["GRAD_OUT"].element_size(), kwargs["DOT_PRECISION"])
+    return configs_for_dot(configs, _PROJ_WEIGHT_GRAD_GPU_CONFIGS, kind)
+
+
+def _prune_score_weight_grad(configs, named_args, **kwargs):
+    """The configs of the launch's dot kind (of the inputs: the score gradient is float32)."""
+    kind = dot_kind(named_args["XS"][0].element_size(), kwargs["DOT_PRECISION"])
+    return configs_for_dot(configs, _SCORE_WEIGHT_GRAD_GPU_CONFIGS, kind)
+
 
 # Fixed (not autotuned) tiles of the score-gradient kernel, which is light.
 SCORE_GRAD_BLOCK_R = 16 if INTERPRETED else 64
@@ -157,7 +204,11 @@ def attention_fusion_forward_kernel(
     tl.store(OUT + rows[:, None] * D_OUT + outs[None, :], out, mask=row_ok[:, None] & out_ok[None, :])
 
 
-@triton.autotune(configs=_INPUT_GRAD_CONFIGS, key=["D_OUT", "D_TOTAL", "ROWS_BUCKET", "NUM_INPUTS"])
+@triton.autotune(
+    configs=_INPUT_GRAD_CONFIGS,
+    key=["D_OUT", "D_TOTAL", "ROWS_BUCKET", "NUM_INPUTS"],
+    prune_configs_by={"early_config_prune": _prune_input_grad},
+)
 @triton.jit
 def attention_fusion_input_grad_kernel(
     GRAD_OUT,
@@ -301,7 +352,9 @@ def attention_fusion_score_grad_kernel(
 
 
 @triton.autotune(
-    configs=_PROJ_WEIGHT_GRAD_CONFIGS, key=["D_OUT", "D_TOTAL", "ROWS_BUCKET", "NUM_INPUTS", "NEED_WEIGHT"]
+    configs=_PROJ_WEIGHT_GRAD_CONFIGS,
+    key=["D_OUT", "D_TOTAL", "ROWS_BUCKET", "NUM_INPUTS", "NEED_WEIGHT"],
+    prune_configs_by={"early_config_prune": _prune_proj_grad},
 )
 @triton.jit
 def attention_fusion_proj_grad_kernel(
@@ -377,7 +430,9 @@ def attention_fusion_proj_grad_kernel(
 
 
 @triton.autotune(
-    configs=_SCORE_WEIGHT_GRAD_CONFIGS, key=["D_TOTAL", "ROWS_BUCKET", "NUM_INPUTS", "NEED_WEIGHT"]
+    configs=_SCORE_WEIGHT_GRAD_CONFIGS,
+    key=["D_TOTAL", "ROWS_BUCKET", "NUM_INPUTS", "NEED_WEIGHT"],
+    prune_configs_by={"early_config_prune": _prune_score_weight_grad},
 )
 @triton.jit
 def attention_fusion_score_weight_grad_kernel(

@@ -50,6 +50,49 @@ def config(num_warps: int, num_stages: int, **blocks: int) -> triton.Config:
     return triton.Config(blocks, num_warps=num_warps, num_stages=num_stages)
 
 
+# The kinds of `tl.dot` a kernel runs, which need different tiles to stay in registers: 16-bit
+# operands on tensor cores, float32 with TF32 dots (tensor cores, float32 operand tiles), float32
+# with IEEE dots and float64 (FMA, with the widest register footprint).
+DOT_KINDS = ("16-bit", "tf32", "fp32", "fp64")
+
+
+def dot_kind(element_size: int, precision: str) -> str:
+    """The `DOT_KINDS` entry of operands of ``element_size`` bytes with ``DOT_PRECISION`` ``precision``."""
+    if element_size <= 2:
+        return "16-bit"
+    if element_size >= 8:
+        return "fp64"
+    return "tf32" if precision == "tf32" else "fp32"
+
+
+def _config_key(c: triton.Config) -> tuple:
+    return (tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages)
+
+
+def configs_by_dot(
+    groups: dict[str, list[triton.Config]], interpreter_config: triton.Config
+) -> list[triton.Config]:
+    """The autotune list of a kernel whose configs depend on its `dot_kind`: every config of
+    ``groups`` (dot kind -> configs) once, or the interpreter config (`select_configs`). The
+    kernel's prune keeps those of the launch's kind (`configs_for_dot`)."""
+    unique: dict[tuple, triton.Config] = {}
+    for kind, group in groups.items():
+        if kind not in DOT_KINDS:
+            raise ValueError(f"unknown dot kind {kind!r}; expected one of {DOT_KINDS}")
+        for c in group:
+            unique.setdefault(_config_key(c), c)
+    return select_configs(list(unique.values()), interpreter_config)
+
+
+def configs_for_dot(
+    configs: Sequence[triton.Config], groups: dict[str, list[triton.Config]], kind: str
+) -> list[triton.Config]:
+    """The configs of the autotune list ``configs`` that ``groups`` has for dot kind ``kind`` (all of
+    them when it has none, as for the interpreter's single config)."""
+    wanted = {_config_key(c) for c in groups.get(kind, ())}
+    return [c for c in configs if _config_key(c) in wanted] or list(configs)
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """`tl.dot` precision for float32 operands, following PyTorch's matmul setting (TF32 only when
     `torch.set_float32_matmul_precision` allows it), so fused and eager results agree."""
@@ -68,16 +111,21 @@ def rows_bucket(rows: int) -> int:
     return min(triton.next_power_of_2(max(rows, 1)), 1 << 16)
 
 
-def row_splits(rows: int, output_tiles: int, device: torch.device) -> tuple[int, int]:
+def row_splits(
+    rows: int, output_tiles: int, device: torch.device | None, multiprocessors: int | None = None
+) -> tuple[int, int]:
     """(number of splits, rows per split) for a reduction over ``rows`` whose output has
-    ``output_tiles`` tiles (counted at 64 x 64)."""
+    ``output_tiles`` tiles (counted at 64 x 64), on ``device`` or, when given, on a GPU with
+    ``multiprocessors`` SMs (the ahead-of-time cases, `mmfast.triton.aot`)."""
     if rows <= 0:
         return 1, max(rows, 1)
-    if INTERPRETED:
+    if INTERPRETED and multiprocessors is None:
         # Small on purpose: the tests cover both the direct and the split path.
         wanted = 2 if rows >= 32 else 1
     else:
-        programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+        if multiprocessors is None:
+            multiprocessors = torch.cuda.get_device_properties(device).multi_processor_count
+        programs = 2 * multiprocessors
         wanted = min(triton.cdiv(programs, max(output_tiles, 1)), triton.cdiv(rows, _MIN_ROWS_PER_SPLIT))
     splits = max(1, wanted)
     rows_per_split = triton.cdiv(rows, splits)

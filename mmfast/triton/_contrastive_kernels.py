@@ -18,35 +18,41 @@ import triton.language as tl
 from mmfast.triton._common import (
     check_tensor,
     config,
+    configs_by_dot,
+    configs_for_dot,
     device_guard,
+    dot_kind,
     dot_precision,
     rows_bucket,
-    select_configs,
 )
 
-# GPU configs per feature element size (2: float16 / bfloat16, 4: float32, 8: float64). Each was
-# compiled ahead of time for sm_80 and sm_90 (`triton.compile` with 16-divisible pointers and D,
-# IEEE dots, then cuobjdump's resource usage) and spills at most 16 bytes of stack on either;
-# float32 and float64 `tl.dot` run on TF32 / FMA with wider operands, so their tiles are smaller.
-# Shared memory stays under the A100's 163 KiB (the ``BLOCK_DO=1024`` config needs 130 KiB: the
-# autotuner skips it on GPUs with less).
+# GPU configs per dot kind (`_common.dot_kind`: 16-bit features, float32 with TF32 or IEEE dots,
+# float64). Every one was compiled ahead of time for sm_80 and sm_90 at the launches of
+# `aot_cases_of` below (`make triton-aot`: `triton.compile` for each GPU target, the registers and
+# spills from ptxas) and spills nothing; IEEE float32 and float64 `tl.dot` run on FMA with wider
+# operands, so their tiles are smaller. Shared memory stays under the A100's 163 KiB (the
+# ``BLOCK_DO=1024`` config needs 130 KiB: the autotuner skips it on GPUs with less).
 _FORWARD_GPU_CONFIGS = {
-    2: [
+    "16-bit": [
         config(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32),
-        config(4, 4, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32),
         config(4, 4, BLOCK_M=64, BLOCK_N=128, BLOCK_K=32),
         config(4, 4, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
         config(4, 3, BLOCK_M=32, BLOCK_N=64, BLOCK_K=64),
     ],
-    4: [
+    "tf32": [
         config(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32),
         config(8, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32),
-        config(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=16),
         config(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16),
         config(4, 3, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32),
         config(4, 3, BLOCK_M=32, BLOCK_N=32, BLOCK_K=32),
     ],
-    8: [
+    "fp32": [
+        config(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32),
+        config(8, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=16),
+        config(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16),
+        config(4, 3, BLOCK_M=32, BLOCK_N=32, BLOCK_K=32),
+    ],
+    "fp64": [
         config(4, 2, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32),
         config(4, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_K=32),
     ],
@@ -56,7 +62,7 @@ _FORWARD_GPU_CONFIGS = {
 # recomputes its rows' logit tiles, so the widest chunks (up to the whole feature dim) avoid the
 # recomputation at the price of shorter row blocks.
 _GRAD_GPU_CONFIGS = {
-    2: [
+    "16-bit": [
         config(8, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, BLOCK_DO=64),
         config(4, 3, BLOCK_M=64, BLOCK_N=32, BLOCK_K=64, BLOCK_DO=64),
         config(8, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, BLOCK_DO=128),
@@ -65,56 +71,44 @@ _GRAD_GPU_CONFIGS = {
         config(8, 2, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, BLOCK_DO=512),
         config(8, 2, BLOCK_M=16, BLOCK_N=64, BLOCK_K=32, BLOCK_DO=1024),
     ],
-    4: [
+    "tf32": [
         config(4, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, BLOCK_DO=64),
         config(4, 2, BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, BLOCK_DO=64),
         config(4, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, BLOCK_DO=128),
         config(4, 2, BLOCK_M=16, BLOCK_N=64, BLOCK_K=32, BLOCK_DO=128),
         config(8, 2, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, BLOCK_DO=128),
     ],
-    8: [
-        config(4, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, BLOCK_DO=32),
+    "fp32": [
+        config(4, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, BLOCK_DO=64),
+        config(4, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, BLOCK_DO=128),
+        config(4, 2, BLOCK_M=16, BLOCK_N=64, BLOCK_K=32, BLOCK_DO=128),
+    ],
+    "fp64": [
         config(4, 2, BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, BLOCK_DO=64),
         config(4, 2, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, BLOCK_DO=64),
     ],
 }
 
-
-def _config_key(c: triton.Config) -> tuple:
-    return (tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages)
-
-
-def _union(groups: dict[int, list[triton.Config]]) -> list[triton.Config]:
-    unique = {}
-    for group in groups.values():
-        for c in group:
-            unique.setdefault(_config_key(c), c)
-    return list(unique.values())
-
-
-_FORWARD_CONFIGS = select_configs(
-    _union(_FORWARD_GPU_CONFIGS), config(4, 1, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
-)
-_GRAD_CONFIGS = select_configs(
-    _union(_GRAD_GPU_CONFIGS), config(4, 1, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_DO=16)
+_FORWARD_CONFIGS = configs_by_dot(_FORWARD_GPU_CONFIGS, config(4, 1, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16))
+_GRAD_CONFIGS = configs_by_dot(
+    _GRAD_GPU_CONFIGS, config(4, 1, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_DO=16)
 )
 
 
-def _of_element_size(configs, groups, element_size):
-    wanted = {_config_key(c) for c in groups[min(max(element_size, 2), 8)]}
-    return [c for c in configs if _config_key(c) in wanted] or list(configs)
+def _dot_kind(named_args, kwargs) -> str:
+    return dot_kind(named_args["A"].element_size(), kwargs["DOT_PRECISION"])
 
 
 def _prune_forward(configs, named_args, **kwargs):
-    """The configs measured for the features' element size."""
-    return _of_element_size(configs, _FORWARD_GPU_CONFIGS, named_args["A"].element_size())
+    """The configs of the launch's dot kind."""
+    return configs_for_dot(configs, _FORWARD_GPU_CONFIGS, _dot_kind(named_args, kwargs))
 
 
 def _prune_grad(configs, named_args, **kwargs):
-    """The configs measured for the features' element size whose feature chunk is not wider than
-    the features (rounded up to a power of two); one per logit tile shape when no feature gradient
-    is computed (``BLOCK_DO`` is unused then)."""
-    sized = _of_element_size(configs, _GRAD_GPU_CONFIGS, named_args["A"].element_size())
+    """The configs of the launch's dot kind whose feature chunk is not wider than the features
+    (rounded up to a power of two); one per logit tile shape when no feature gradient is computed
+    (``BLOCK_DO`` is unused then)."""
+    sized = configs_for_dot(configs, _GRAD_GPU_CONFIGS, _dot_kind(named_args, kwargs))
     if not kwargs["NEED_GRAD"]:
         unique = {}
         for c in sized:
@@ -481,3 +475,62 @@ def launch_grad(
     if not need_scalars:
         return grad_a, None, None
     return grad_a, scale_parts.sum(), bias_parts.sum()
+
+
+# Ahead-of-time compilation (`python -m mmfast.triton.aot`): the launches of `launch_forward` and
+# of `launch_grad` for the image side (with the scalar sums; the text side computes a subset of it).
+# D=768 keeps every feature-chunk width of the gradient configs (they are pruned to D); the batch
+# and D only set integer arguments, so one shape gives the code of all 16-divisible ones.
+_AOT_ROWS = 4096
+_AOT_DIM = 768
+
+
+def aot_cases_of(sigmoid: bool, has_bias: bool, symmetric: bool):
+    """The cases of one loss (`mmfast.triton.clip_loss` and `siglip_loss` call this) for every
+    feature dtype; scale and bias in the compute dtype, as `mmfast.ops` passes them."""
+    from mmfast.triton import aot
+
+    rows, dim = _AOT_ROWS, _AOT_DIM
+    shape = f"B={rows} D={dim}" + (" symmetric" if symmetric else "")
+    for variant in aot.variants(("float32", "float16", "bfloat16", "float64")):
+        dtype = compute_dtype(getattr(torch, variant.dtype))
+        features = aot.Ptr(variant.dtype)
+        compute = aot.Ptr(str(dtype).removeprefix("torch."))
+        common = dict(
+            A=features,
+            B=features,
+            SCALE=compute,
+            BIAS=compute if has_bias else None,
+            NA=rows,
+            NB=rows,
+            D=dim,
+            SHIFT=0,
+            ROWS_BUCKET=rows_bucket(rows),
+            SIGMOID=sigmoid,
+            HAS_BIAS=has_bias,
+            ACC_DTYPE=_TL_DTYPES[dtype],
+            DOT_PRECISION=variant.precision,
+        )
+        cases = dict(label=shape, dtype=variant.name)
+        yield from aot.launch_cases(
+            contrastive_forward_kernel, dict(common, LSE=compute, TERMS=compute), **cases
+        )
+        lse = None if sigmoid else compute
+        yield from aot.launch_cases(
+            contrastive_grad_kernel,
+            dict(
+                common,
+                GRAD_LOSS=compute,
+                LSE_A=lse,
+                LSE_B=lse if symmetric else None,
+                GRAD_A=features,
+                SCALE_PARTS=compute,
+                BIAS_PARTS=compute,
+                NORM=rows,
+                USE_LSE_A=lse is not None,
+                USE_LSE_B=symmetric and lse is not None,
+                NEED_GRAD=True,
+                NEED_SCALARS=True,
+            ),
+            **cases,
+        )

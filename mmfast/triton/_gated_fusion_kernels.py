@@ -6,18 +6,33 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from mmfast.triton._common import config, pick, select_configs
+from mmfast.triton._common import config, configs_by_dot, configs_for_dot, dot_kind, pick
 
 # fp32 elements per warp that the forward may keep in registers for its logit tile and the current
 # group's accumulator (with 16-bit inputs; half as many with float32 inputs, whose operand tiles are
 # twice as large). Checked against ptxas register reports for sm_80 and sm_90.
 _ACCUMULATOR_ELEMENTS_PER_WARP = 4096
 
-_FORWARD_CONFIGS = select_configs(
-    [
-        config(8, 3, BLOCK_R=128, BLOCK_D=128, BLOCK_K=32),
-        config(4, 4, BLOCK_R=128, BLOCK_D=64, BLOCK_K=32),
-        config(4, 4, BLOCK_R=64, BLOCK_D=128, BLOCK_K=32),
+# The GPU configs per dot kind (`_common.dot_kind`). Every one was compiled ahead of time for sm_80
+# and sm_90 at the launches of `mmfast.triton.gated_fusion.aot_cases` (`make triton-aot`) and
+# spills nothing where the prunes let the autotuner pick it; IEEE float32 dots run on FMA, which
+# spills the larger tiles, so float32 gets smaller ones.
+_BIG_TILES = [
+    config(8, 3, BLOCK_R=128, BLOCK_D=128, BLOCK_K=32),
+    config(4, 4, BLOCK_R=128, BLOCK_D=64, BLOCK_K=32),
+    config(4, 4, BLOCK_R=64, BLOCK_D=128, BLOCK_K=32),
+]
+_FORWARD_GPU_CONFIGS = {
+    "16-bit": [
+        *_BIG_TILES,
+        config(4, 4, BLOCK_R=64, BLOCK_D=64, BLOCK_K=32),
+        config(8, 3, BLOCK_R=64, BLOCK_D=32, BLOCK_K=64),
+        config(8, 3, BLOCK_R=32, BLOCK_D=64, BLOCK_K=64),
+        config(4, 4, BLOCK_R=32, BLOCK_D=32, BLOCK_K=64),
+        config(4, 3, BLOCK_R=16, BLOCK_D=32, BLOCK_K=64),
+    ],
+    "tf32": [
+        *_BIG_TILES,
         config(4, 4, BLOCK_R=64, BLOCK_D=64, BLOCK_K=32),
         config(8, 3, BLOCK_R=64, BLOCK_D=32, BLOCK_K=64),
         config(8, 3, BLOCK_R=32, BLOCK_D=64, BLOCK_K=64),
@@ -25,39 +40,93 @@ _FORWARD_CONFIGS = select_configs(
         config(4, 3, BLOCK_R=16, BLOCK_D=64, BLOCK_K=64),
         config(4, 3, BLOCK_R=16, BLOCK_D=32, BLOCK_K=64),
     ],
-    config(4, 1, BLOCK_R=16, BLOCK_D=16, BLOCK_K=16),
-)
-
-_INPUT_GRAD_CONFIGS = select_configs(
-    [
-        config(8, 3, BLOCK_R=128, BLOCK_D=128, BLOCK_K=32),
-        config(4, 4, BLOCK_R=128, BLOCK_D=64, BLOCK_K=32),
-        config(4, 4, BLOCK_R=64, BLOCK_D=128, BLOCK_K=32),
-        config(4, 4, BLOCK_R=64, BLOCK_D=64, BLOCK_K=32),
-        config(4, 4, BLOCK_R=32, BLOCK_D=64, BLOCK_K=64),
-        config(4, 3, BLOCK_R=16, BLOCK_D=64, BLOCK_K=64),
+    "fp32": [
+        config(8, 3, BLOCK_R=64, BLOCK_D=64, BLOCK_K=16),
+        config(4, 3, BLOCK_R=64, BLOCK_D=64, BLOCK_K=16),
+        config(8, 3, BLOCK_R=64, BLOCK_D=32, BLOCK_K=16),
+        config(4, 3, BLOCK_R=32, BLOCK_D=64, BLOCK_K=16),
+        config(4, 4, BLOCK_R=32, BLOCK_D=32, BLOCK_K=64),
+        config(8, 3, BLOCK_R=32, BLOCK_D=32, BLOCK_K=16),
+        config(4, 3, BLOCK_R=16, BLOCK_D=64, BLOCK_K=32),
+        config(4, 3, BLOCK_R=16, BLOCK_D=32, BLOCK_K=16),
     ],
-    config(4, 1, BLOCK_R=16, BLOCK_D=16, BLOCK_K=16),
+}
+_FORWARD_CONFIGS = configs_by_dot(_FORWARD_GPU_CONFIGS, config(4, 1, BLOCK_R=16, BLOCK_D=16, BLOCK_K=16))
+
+_INPUT_GRAD_TILES = [
+    config(8, 3, BLOCK_R=128, BLOCK_D=128, BLOCK_K=32),
+    config(4, 4, BLOCK_R=64, BLOCK_D=128, BLOCK_K=32),
+    config(4, 4, BLOCK_R=64, BLOCK_D=64, BLOCK_K=32),
+    config(4, 3, BLOCK_R=16, BLOCK_D=64, BLOCK_K=64),
+]
+_INPUT_GRAD_MMA_TILES = [
+    *_INPUT_GRAD_TILES,
+    config(4, 4, BLOCK_R=128, BLOCK_D=64, BLOCK_K=32),
+    config(4, 4, BLOCK_R=32, BLOCK_D=64, BLOCK_K=64),
+]
+_INPUT_GRAD_GPU_CONFIGS = {
+    "16-bit": _INPUT_GRAD_MMA_TILES,
+    "tf32": _INPUT_GRAD_MMA_TILES,
+    "fp32": [
+        *_INPUT_GRAD_TILES,
+        config(4, 3, BLOCK_R=32, BLOCK_D=64, BLOCK_K=32),
+        config(4, 3, BLOCK_R=32, BLOCK_D=32, BLOCK_K=32),
+    ],
+}
+_INPUT_GRAD_CONFIGS = configs_by_dot(
+    _INPUT_GRAD_GPU_CONFIGS, config(4, 1, BLOCK_R=16, BLOCK_D=16, BLOCK_K=16)
 )
 
-_WEIGHT_GRAD_CONFIGS = select_configs(
-    [
+_WEIGHT_GRAD_GPU_CONFIGS = {
+    "16-bit": [
+        config(8, 3, BLOCK_N=128, BLOCK_D=128, BLOCK_R=32),
+        config(4, 4, BLOCK_N=128, BLOCK_D=64, BLOCK_R=32),
+        config(4, 4, BLOCK_N=64, BLOCK_D=128, BLOCK_R=32),
+        config(4, 4, BLOCK_N=64, BLOCK_D=64, BLOCK_R=64),
+        config(4, 3, BLOCK_N=32, BLOCK_D=64, BLOCK_R=32),
+    ],
+    "tf32": [
         config(8, 3, BLOCK_N=128, BLOCK_D=128, BLOCK_R=32),
         config(4, 4, BLOCK_N=128, BLOCK_D=64, BLOCK_R=32),
         config(4, 4, BLOCK_N=64, BLOCK_D=128, BLOCK_R=32),
         config(4, 4, BLOCK_N=64, BLOCK_D=64, BLOCK_R=64),
         config(4, 3, BLOCK_N=32, BLOCK_D=64, BLOCK_R=64),
     ],
-    config(4, 1, BLOCK_N=16, BLOCK_D=16, BLOCK_R=16),
+    "fp32": [
+        config(8, 3, BLOCK_N=128, BLOCK_D=128, BLOCK_R=32),
+        config(4, 4, BLOCK_N=64, BLOCK_D=128, BLOCK_R=32),
+        config(8, 3, BLOCK_N=128, BLOCK_D=64, BLOCK_R=16),
+        config(4, 3, BLOCK_N=64, BLOCK_D=64, BLOCK_R=16),
+        config(4, 3, BLOCK_N=32, BLOCK_D=64, BLOCK_R=32),
+        config(4, 3, BLOCK_N=32, BLOCK_D=32, BLOCK_R=32),
+    ],
+}
+_WEIGHT_GRAD_CONFIGS = configs_by_dot(
+    _WEIGHT_GRAD_GPU_CONFIGS, config(4, 1, BLOCK_N=16, BLOCK_D=16, BLOCK_R=16)
 )
 
 
 def _prune_forward(configs, named_args, **kwargs):
-    """Keep the configs whose logit tile and accumulator fit in registers for this many groups."""
+    """The configs of the launch's dot kind whose logit tile and accumulator fit in registers for
+    this many groups."""
+    kind = dot_kind(named_args["W"].element_size(), kwargs["DOT_PRECISION"])
+    configs = configs_for_dot(configs, _FORWARD_GPU_CONFIGS, kind)
     budget = _ACCUMULATOR_ELEMENTS_PER_WARP // (2 if named_args["W"].element_size() > 2 else 1)
     live = kwargs["GROUPS_PAD"] + 1
     fitting = [c for c in configs if live * c.kwargs["BLOCK_R"] * c.kwargs["BLOCK_D"] <= budget * c.num_warps]
     return fitting or [min(configs, key=lambda c: c.kwargs["BLOCK_R"] * c.kwargs["BLOCK_D"])]
+
+
+def _prune_input_grad(configs, named_args, **kwargs):
+    """The configs of the launch's dot kind."""
+    kind = dot_kind(named_args["W"].element_size(), kwargs["DOT_PRECISION"])
+    return configs_for_dot(configs, _INPUT_GRAD_GPU_CONFIGS, kind)
+
+
+def _prune_weight_grad(configs, named_args, **kwargs):
+    """The configs of the launch's dot kind."""
+    kind = dot_kind(named_args["GRAD_LOGITS"].element_size(), kwargs["DOT_PRECISION"])
+    return configs_for_dot(configs, _WEIGHT_GRAD_GPU_CONFIGS, kind)
 
 
 @triton.autotune(
@@ -184,7 +253,11 @@ def gated_fusion_logit_grad_kernel(
         tl.store(GRAD_LOGITS + offsets, grad_logits, mask=ok)
 
 
-@triton.autotune(configs=_INPUT_GRAD_CONFIGS, key=["D", "ROWS_BUCKET", "NUM_INPUTS"])
+@triton.autotune(
+    configs=_INPUT_GRAD_CONFIGS,
+    key=["D", "ROWS_BUCKET", "NUM_INPUTS"],
+    prune_configs_by={"early_config_prune": _prune_input_grad},
+)
 @triton.jit
 def gated_fusion_input_grad_kernel(
     GRAD_LOGITS,
@@ -241,7 +314,11 @@ def gated_fusion_input_grad_kernel(
     tl.store(pick(GRAD_XS, segment) + tile, acc + grad * share, mask=tile_ok)
 
 
-@triton.autotune(configs=_WEIGHT_GRAD_CONFIGS, key=["D", "ROWS_BUCKET", "NUM_INPUTS", "NEED_WEIGHT"])
+@triton.autotune(
+    configs=_WEIGHT_GRAD_CONFIGS,
+    key=["D", "ROWS_BUCKET", "NUM_INPUTS", "NEED_WEIGHT"],
+    prune_configs_by={"early_config_prune": _prune_weight_grad},
+)
 @triton.jit
 def gated_fusion_weight_grad_kernel(
     GRAD_LOGITS,

@@ -455,3 +455,70 @@ def backward(
         grad_score if need[3] else empty,
         grad_score_bias if need[4] else empty,
     )
+
+
+# Ahead-of-time compilation (`python -m mmfast.triton.aot`): the launches above at a few shapes,
+# three modalities of different widths (the README's image + text + audio) and two equal ones. The
+# backward kernels loop over the modalities at run time and tile the columns by the widest (64
+# columns for both shapes), so the first shape gives their code.
+_AOT_SHAPES = (((768, 512, 128), 256), ((128, 128), 128))
+_AOT_BACKWARD_SHAPES = _AOT_SHAPES[:1]
+_AOT_ROWS = 8192
+
+
+def aot_cases():
+    """The launches of `attention_fusion_forward` and `attention_fusion_backward` (every gradient,
+    with biases) for every dtype, as `mmfast.triton.aot` compiles them."""
+    from mmfast.triton import aot
+
+    rows = _AOT_ROWS
+    mps = aot.MULTIPROCESSORS
+    for dims, out_dim in _AOT_SHAPES:
+        count = len(dims)
+        pad = _scores_pad(count)
+        first = _Segments(dims, column_block=16)
+        seg = _Segments(dims, _column_block(dims))
+        proj_splits, proj_rows = row_splits(
+            rows, triton.cdiv(out_dim, 64) * seg.tiles, None, multiprocessors=mps
+        )
+        score_splits, score_rows = row_splits(rows, seg.tiles, None, multiprocessors=mps)
+        for variant in aot.variants():
+            p, f32 = aot.Ptr(variant.dtype), aot.Ptr("float32")
+            xs = (p,) * count
+            cases = dict(label=f"{'+'.join(map(str, dims))}->{out_dim} R={rows}", dtype=variant.name)
+            common = dict(R=rows, NUM_INPUTS=count, DOT_PRECISION=variant.precision)
+            forward = dict(
+                XS=xs, PWS=xs, PBS=xs, SW=p, SB=p, OUT=p, ATTN=p, DIMS=first.dims, OFFSETS=first.offsets
+            )
+            forward.update(D_OUT=out_dim, D_TOTAL=first.total, ROWS_BUCKET=rows_bucket(rows), SCORES_PAD=pad)
+            forward.update(HAS_PROJ_BIAS=True, HAS_SCORE_BIAS=True)
+            yield from aot.launch_cases(attention_fusion_forward_kernel, {**common, **forward}, **cases)
+            if (dims, out_dim) not in _AOT_BACKWARD_SHAPES:
+                continue
+            common.update(
+                DIMS=seg.dims, TILE_STARTS=seg.tile_starts, D_TOTAL=seg.total, COLUMN_BLOCK=seg.column_block
+            )
+            inputs = dict(GRAD_OUT=p, XS=xs, PWS=xs, PBS=xs, ATTN=p, GRAD_XS=xs, SHARES=f32, D_OUT=out_dim)
+            inputs.update(
+                TILES=seg.tiles, ROWS_BUCKET=rows_bucket(rows), HAS_PROJ_BIAS=True, NEED_INPUTS=True
+            )
+            yield from aot.launch_cases(attention_fusion_input_grad_kernel, {**common, **inputs}, **cases)
+            scores = dict(ATTN=p, SHARES=f32, SW=p, GRAD_XS=xs, GRAD_SCORES=f32, OFFSETS=seg.offsets)
+            scores.update(TILES=seg.tiles, SCORES_PAD=pad, NEED_INPUTS=True, BLOCK_R=SCORE_GRAD_BLOCK_R)
+            yield from aot.launch_cases(
+                attention_fusion_score_grad_kernel, {**common, **scores}, num_warps=4, **cases
+            )
+            target = p if proj_splits == 1 else f32
+            proj = dict(GRAD_OUT=p, XS=xs, ATTN=p, GRAD_PW=(target,) * count, GRAD_PB=(target,) * count)
+            proj.update(D_OUT=out_dim, ROWS_PER_SPLIT=proj_rows, ROWS_BUCKET=rows_bucket(proj_rows))
+            proj.update(NEED_WEIGHT=True, NEED_BIAS=True)
+            yield from aot.launch_cases(attention_fusion_proj_grad_kernel, {**common, **proj}, **cases)
+            target = p if score_splits == 1 else f32
+            score_weight = dict(GRAD_SCORES=f32, XS=xs, GRAD_SW=target, GRAD_SB=target, OFFSETS=seg.offsets)
+            score_weight.update(
+                ROWS_PER_SPLIT=score_rows, ROWS_BUCKET=rows_bucket(score_rows), SCORES_PAD=pad
+            )
+            score_weight.update(NEED_WEIGHT=True, NEED_BIAS=True)
+            yield from aot.launch_cases(
+                attention_fusion_score_weight_grad_kernel, {**common, **score_weight}, **cases
+            )

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import torch
 
 from mmfast.triton._contrastive_kernels import (
+    aot_cases_of,
     check_features,
     check_scalar,
     compute_dtype,
@@ -134,3 +135,9 @@ def backward(
         scale_sum.to(logit_scale.dtype) if need_scale else empty,
         bias_sum.to(logit_bias.dtype) if need_bias else empty,
     )
+
+
+def aot_cases():
+    """The launches of this loss for `python -m mmfast.triton.aot`: CLIP's symmetric loss without a
+    bias (open_clip's ClipLoss), every dtype."""
+    return aot_cases_of(sigmoid=False, has_bias=False, symmetric=True)

@@ -46,6 +46,18 @@ def _groups(num_inputs: int) -> int:
     return 1 if num_inputs == 2 else num_inputs
 
 
+def _logit_grad_blocks(dim: int, groups_pad: int) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_D) of the logit-gradient kernel (not autotuned: it is element-wise)."""
+    block_d = min(64, triton.next_power_of_2(dim))
+    return max(1, min(64, 4096 // (groups_pad * block_d))), block_d
+
+
+def _weight_grad_tiles(count: int, dim: int, need_weight: bool) -> int:
+    """Output tiles (at 64 x 64) of the weight-gradient reduction, which sizes its row splits."""
+    logit_count = _groups(count) * dim
+    return triton.cdiv(logit_count, 64) * (triton.cdiv(dim, 64) * count if need_weight else 1)
+
+
 def _check_inputs(xs: Sequence[torch.Tensor], weight: torch.Tensor) -> tuple[int, int, int]:
     """Validates the inputs and the weight; returns (M, R, D)."""
     check_input_count(len(xs), minimum=2)
@@ -151,8 +163,7 @@ def gated_fusion_backward(
     with device_guard(device):
         grad_logits = xs[0].new_empty((rows, logit_count))
         groups_pad = triton.next_power_of_2(groups)
-        block_d = min(64, triton.next_power_of_2(dim))
-        block_r = max(1, min(64, 4096 // (groups_pad * block_d)))
+        block_r, block_d = _logit_grad_blocks(dim, groups_pad)
         gated_fusion_logit_grad_kernel[(triton.cdiv(rows, block_r), triton.cdiv(dim, block_d))](
             grad_out,
             tuple(xs),
@@ -192,10 +203,7 @@ def gated_fusion_backward(
 
         if need_weight or need_bias:
             segments = count if need_weight else 1
-            output_tiles = triton.cdiv(logit_count, 64) * (
-                triton.cdiv(dim, 64) * segments if need_weight else 1
-            )
-            splits, rows_per_split = row_splits(rows, output_tiles, device)
+            splits, rows_per_split = row_splits(rows, _weight_grad_tiles(count, dim, need_weight), device)
             target_dtype = dtype if splits == 1 else torch.float32
             weight_target = (
                 torch.empty((splits, logit_count, count * dim), dtype=target_dtype, device=device)
@@ -267,3 +275,53 @@ def backward(
         grad_weight if output_mask[1] else empty,
         grad_bias if output_mask[2] else empty,
     )
+
+
+# Ahead-of-time compilation (`python -m mmfast.triton.aot`): the launches above at a few shapes.
+# Two inputs take the sigmoid path, three and eight the softmax over 4 and 8 padded groups (the
+# forward's largest logit tile). The loops of the GEMM kernels of the backward over the inputs run
+# at run time, so their code differs between the sigmoid and the softmax path only, and in whether
+# the weight-gradient rows are split (M == 2 here) or not (M == 3, D == 768).
+_AOT_SHAPES = ((2, 512), (3, 768), (8, 128))
+_AOT_BACKWARD_SHAPES = _AOT_SHAPES[:2]
+_AOT_ROWS = 8192
+
+
+def aot_cases():
+    """The launches of `gated_fusion_forward` and `gated_fusion_backward` (every gradient, with a
+    bias) for every dtype, as `mmfast.triton.aot` compiles them."""
+    from mmfast.triton import aot
+
+    rows = _AOT_ROWS
+    for count, dim in _AOT_SHAPES:
+        groups = _groups(count)
+        groups_pad = triton.next_power_of_2(groups)
+        backward = (count, dim) in _AOT_BACKWARD_SHAPES
+        tiles = _weight_grad_tiles(count, dim, True)
+        splits, rows_per_split = row_splits(rows, tiles, None, multiprocessors=aot.MULTIPROCESSORS)
+        for variant in aot.variants():
+            p = aot.Ptr(variant.dtype)
+            xs = (p,) * count
+            cases = dict(label=f"M={count} D={dim} R={rows}", dtype=variant.name)
+            common = dict(R=rows, D=dim, NUM_INPUTS=count, NUM_GROUPS=groups)
+            dots = dict(common, DOT_PRECISION=variant.precision)
+            forward = dict(XS=xs, W=p, B=p, OUT=p, GATES=p, ROWS_BUCKET=rows_bucket(rows))
+            forward.update(GROUPS_PAD=groups_pad, HAS_BIAS=True)
+            yield from aot.launch_cases(gated_fusion_forward_kernel, {**dots, **forward}, **cases)
+            if variant.precision == "ieee":  # no tl.dot, tiles sized by the groups: every shape
+                block_r, block_d = _logit_grad_blocks(dim, groups_pad)
+                logits = dict(GRAD_OUT=p, XS=xs, GATES=p, GRAD_LOGITS=p, GROUPS_PAD=groups_pad)
+                logits.update(BLOCK_R=block_r, BLOCK_D=block_d)
+                yield from aot.launch_cases(
+                    gated_fusion_logit_grad_kernel, {**common, **logits}, num_warps=4, **cases
+                )
+            if not backward:
+                continue
+            inputs = dict(GRAD_LOGITS=p, W=p, GRAD_OUT=p, GATES=p, GRAD_XS=xs, ROWS_BUCKET=rows_bucket(rows))
+            yield from aot.launch_cases(gated_fusion_input_grad_kernel, {**dots, **inputs}, **cases)
+            target = p if splits == 1 else aot.Ptr("float32")
+            weights = dict(GRAD_LOGITS=p, XS=xs, GRAD_W=target, GRAD_B=target, ROWS_PER_SPLIT=rows_per_split)
+            weights.update(
+                SPLITS=splits, ROWS_BUCKET=rows_bucket(rows_per_split), NEED_WEIGHT=True, NEED_BIAS=True
+            )
+            yield from aot.launch_cases(gated_fusion_weight_grad_kernel, {**dots, **weights}, **cases)

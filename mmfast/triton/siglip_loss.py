@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from mmfast.triton._contrastive_kernels import (
+    aot_cases_of,
     check_features,
     check_scalar,
     compute_dtype,
@@ -106,3 +107,9 @@ def backward(
         scale_sum.to(logit_scale.dtype) if need_scale else empty,
         bias_sum.to(logit_bias.dtype) if need_bias else empty,
     )
+
+
+def aot_cases():
+    """The launches of this loss for `python -m mmfast.triton.aot`: SigLIP's loss with its bias,
+    every dtype."""
+    return aot_cases_of(sigmoid=True, has_bias=True, symmetric=False)
