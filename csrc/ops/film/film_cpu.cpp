@@ -133,11 +133,17 @@ std::tuple<at::Tensor, at::Tensor> film_forward_cpu(const at::Tensor& features, 
     const scalar_t* mp = modulation.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, rows, rows_per_task(spatial), [&](int64_t begin, int64_t end) {
+      // (b, c) advanced with r, not divided out per row: rows are short for small maps (64
+      // positions of an 8 x 8 map), where per-row work shows.
+      int64_t b = begin / channels, c = begin % channels;
       for (int64_t r = begin; r < end; ++r) {
-        const int64_t b = r / channels, c = r % channels;
-        const acc_t gamma = static_cast<acc_t>(mp[b * 2 * channels + c]);
-        const acc_t beta = static_cast<acc_t>(mp[b * 2 * channels + channels + c]);
-        modulate_row<scalar_t>(xp + r * spatial, op + r * spatial, spatial, acc_t(1) + gamma, beta);
+        const scalar_t* gamma_beta = mp + b * 2 * channels + c;
+        modulate_row<scalar_t>(xp + r * spatial, op + r * spatial, spatial,
+                               acc_t(1) + static_cast<acc_t>(gamma_beta[0]), static_cast<acc_t>(gamma_beta[channels]));
+        if (++c == channels) {
+          c = 0;
+          ++b;
+        }
       }
     });
   });
@@ -173,14 +179,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> film_backward_cpu(
       scalar_t* gfp = mask[0] ? grad_features.mutable_data_ptr<scalar_t>() : nullptr;
       scalar_t* dmp = modulation_grad ? grad_modulation.mutable_data_ptr<scalar_t>() : nullptr;
       at::parallel_for(0, rows, rows_per_task(spatial), [&](int64_t begin, int64_t end) {
+        int64_t b = begin / channels, c = begin % channels;
         for (int64_t r = begin; r < end; ++r) {
-          const int64_t b = r / channels, c = r % channels;
-          const acc_t scale = acc_t(1) + static_cast<acc_t>(mp[b * 2 * channels + c]);
+          const int64_t at = b * 2 * channels + c;
+          const acc_t scale = acc_t(1) + static_cast<acc_t>(mp[at]);
           const auto [products, grads] = backward_row<scalar_t>(gp + r * spatial, xp ? xp + r * spatial : nullptr,
                                                                 gfp ? gfp + r * spatial : nullptr, spatial, scale);
           if (dmp != nullptr) {
-            dmp[b * 2 * channels + c] = static_cast<scalar_t>(products);
-            dmp[b * 2 * channels + channels + c] = static_cast<scalar_t>(grads);
+            dmp[at] = static_cast<scalar_t>(products);
+            dmp[at + channels] = static_cast<scalar_t>(grads);
+          }
+          if (++c == channels) {
+            c = 0;
+            ++b;
           }
         }
       });
