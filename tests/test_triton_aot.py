@@ -24,7 +24,7 @@ SELECTED = (
     r"gated_fusion_forward_kernel float16 M=3 .* BLOCK_R=32 BLOCK_D=64 BLOCK_K=64, 8 warps",
     r"gated_fusion_logit_grad_kernel bfloat16 M=8 ",
     r"siglip_loss contrastive_forward_kernel float32 tf32 .* BLOCK_M=64 BLOCK_N=64 BLOCK_K=16, 4 warps",
-    r"clip_loss contrastive_grad_kernel float64 .* BLOCK_M=32 BLOCK_N=32 BLOCK_K=16 BLOCK_DO=32,",
+    r"clip_loss contrastive_grad_kernel float64 .* BLOCK_M=32 BLOCK_N=32 BLOCK_K=32 BLOCK_DO=64,",
 )
 MODULES = ("mmfast.triton.gated_fusion", "mmfast.triton.clip_loss", "mmfast.triton.siglip_loss")
 
@@ -63,8 +63,8 @@ def test_compiles_for_sm80_and_sm90_through_the_triton_cache(tmp_path):
         cubin = cache / row["cubin"]
         assert cubin.name == f"{row['kernel']}.cubin" and cubin.stat().st_size > 0
         assert (cubin.parent / f"{row['kernel']}.ptxas.log").is_file()
-    # The fixed-tile kernel has no tl.dot and no shared memory; the dot kernels have both.
-    assert all((r["shared"] == 0) == (r["kernel"] == "gated_fusion_logit_grad_kernel") for r in rows)
+    # The tl.dot kernels stage their operand tiles in shared memory.
+    assert all(r["shared"] > 0 for r in rows if r["kernel"] != "gated_fusion_logit_grad_kernel")
     markdown = (tmp_path / "TRITON_AOT.md").read_text()
     assert "- Machine: " in markdown and "triton " in markdown and "ptxas " in markdown
     assert markdown.count("| ok |") == len(rows)

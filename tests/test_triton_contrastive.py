@@ -375,30 +375,41 @@ def test_zero_features():
 
 def test_gpu_configs_are_pruned_by_dtype_and_width():
     """The autotune lists the GPU sees (the interpreter runs a single config, so the pruning is
-    only exercised here): the configs of the features' element size, no chunk wider than needed."""
+    only exercised here): the configs of the launch's dot kind (the features' element size and the
+    dot precision), no chunk wider than needed."""
     from mmfast.triton import _contrastive_kernels as kernels
 
-    forward_all = kernels._union(kernels._FORWARD_GPU_CONFIGS)
-    grad_all = kernels._union(kernels._GRAD_GPU_CONFIGS)
+    forward_all = _common.unique_configs(kernels._FORWARD_GPU_CONFIGS)
+    grad_all = _common.unique_configs(kernels._GRAD_GPU_CONFIGS)
     for c in forward_all + grad_all:
         assert all(v >= _common.MIN_DOT_BLOCK and v & (v - 1) == 0 for v in c.kwargs.values()), c
-    for dtype, size in [(torch.float16, 2), (torch.bfloat16, 2), (torch.float32, 4), (torch.float64, 8)]:
+    kinds = [
+        (torch.float16, "ieee", "16-bit"),
+        (torch.bfloat16, "ieee", "16-bit"),
+        (torch.float32, "ieee", "fp32"),
+        (torch.float32, "tf32", "tf32"),
+        (torch.float64, "ieee", "fp64"),
+    ]
+    for dtype, precision, kind in kinds:
         a = torch.empty(1, dtype=dtype)
-        keys = {kernels._config_key(c) for c in kernels._FORWARD_GPU_CONFIGS[size]}
-        pruned = kernels._prune_forward(forward_all, {"A": a})
-        assert {kernels._config_key(c) for c in pruned} == keys
+        keys = {_common.config_key(c) for c in kernels._FORWARD_GPU_CONFIGS[kind]}
+        pruned = kernels._prune_forward(forward_all, {"A": a}, DOT_PRECISION=precision)
+        assert {_common.config_key(c) for c in pruned} == keys
+        grad_keys = {_common.config_key(g) for g in kernels._GRAD_GPU_CONFIGS[kind]}
         for dim in (3, 64, 512, 768, 4096):
-            pruned = kernels._prune_grad(grad_all, {"A": a, "D": dim}, NEED_GRAD=True)
-            assert pruned, (dtype, dim)
-            assert all(
-                kernels._config_key(c) in {kernels._config_key(g) for g in kernels._GRAD_GPU_CONFIGS[size]}
-                for c in pruned
+            pruned = kernels._prune_grad(
+                grad_all, {"A": a, "D": dim}, NEED_GRAD=True, DOT_PRECISION=precision
             )
+            assert pruned, (dtype, dim)
+            assert all(_common.config_key(c) in grad_keys for c in pruned)
             widest = triton.next_power_of_2(dim)
             assert all(c.kwargs["BLOCK_DO"] <= widest for c in pruned) or len(pruned) == 1
-        scalars_only = kernels._prune_grad(grad_all, {"A": a, "D": 512}, NEED_GRAD=False)
+        scalars_only = kernels._prune_grad(
+            grad_all, {"A": a, "D": 512}, NEED_GRAD=False, DOT_PRECISION=precision
+        )
         shapes = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in scalars_only]
         assert len(shapes) == len(set(shapes)) > 0
     # D = 768 (ViT-B/L text towers) can take the whole feature dim in one 16-bit chunk.
-    wide = kernels._prune_grad(grad_all, {"A": torch.empty(1, dtype=torch.float16), "D": 768}, NEED_GRAD=True)
+    half = torch.empty(1, dtype=torch.float16)
+    wide = kernels._prune_grad(grad_all, {"A": half, "D": 768}, NEED_GRAD=True, DOT_PRECISION="ieee")
     assert max(c.kwargs["BLOCK_DO"] for c in wide) == 1024

@@ -65,23 +65,29 @@ def dot_kind(element_size: int, precision: str) -> str:
     return "tf32" if precision == "tf32" else "fp32"
 
 
-def _config_key(c: triton.Config) -> tuple:
+def config_key(c: triton.Config) -> tuple:
+    """What tells two configs apart: their tiles, warps and stages."""
     return (tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages)
 
 
-def configs_by_dot(
-    groups: dict[str, list[triton.Config]], interpreter_config: triton.Config
-) -> list[triton.Config]:
-    """The autotune list of a kernel whose configs depend on its `dot_kind`: every config of
-    ``groups`` (dot kind -> configs) once, or the interpreter config (`select_configs`). The
-    kernel's prune keeps those of the launch's kind (`configs_for_dot`)."""
+def unique_configs(groups: dict[str, list[triton.Config]]) -> list[triton.Config]:
+    """Every config of ``groups`` (dot kind -> configs) once, in order."""
     unique: dict[tuple, triton.Config] = {}
     for kind, group in groups.items():
         if kind not in DOT_KINDS:
             raise ValueError(f"unknown dot kind {kind!r}; expected one of {DOT_KINDS}")
         for c in group:
-            unique.setdefault(_config_key(c), c)
-    return select_configs(list(unique.values()), interpreter_config)
+            unique.setdefault(config_key(c), c)
+    return list(unique.values())
+
+
+def configs_by_dot(
+    groups: dict[str, list[triton.Config]], interpreter_config: triton.Config
+) -> list[triton.Config]:
+    """The autotune list of a kernel whose configs depend on its `dot_kind`: `unique_configs` of
+    ``groups``, or the interpreter config (`select_configs`). The kernel's prune keeps those of the
+    launch's kind (`configs_for_dot`)."""
+    return select_configs(unique_configs(groups), interpreter_config)
 
 
 def configs_for_dot(
@@ -89,8 +95,8 @@ def configs_for_dot(
 ) -> list[triton.Config]:
     """The configs of the autotune list ``configs`` that ``groups`` has for dot kind ``kind`` (all of
     them when it has none, as for the interpreter's single config)."""
-    wanted = {_config_key(c) for c in groups.get(kind, ())}
-    return [c for c in configs if _config_key(c) in wanted] or list(configs)
+    wanted = {config_key(c) for c in groups.get(kind, ())}
+    return [c for c in configs if config_key(c) in wanted] or list(configs)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

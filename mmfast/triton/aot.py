@@ -224,7 +224,8 @@ def specialize(value: Any, specialize_ints: bool = True) -> tuple[Any, Any]:
     (``native_specialize_impl``): None and ints equal to 1 become constexprs, ints and aligned
     pointers that are multiples of 16 get ``"D"`` (divisibility), tuples element by element."""
     if isinstance(value, tuple):
-        pairs = [specialize(v, specialize_ints) for v in value]
+        # Triton specializes the elements of a tuple whatever the parameter's do_not_specialize.
+        pairs = [specialize(v) for v in value]
         return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
     if value is None:
         return "constexpr", None
