@@ -72,7 +72,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         type=_modalities,
         metavar="LIST",
     )
-    option("--epochs", "maximum epochs (default: 10; vqa: 2)", type=_positive_int)
+    option("--epochs", "maximum epochs (default: 10; vqa: 4)", type=_positive_int)
     option("--batch-size", "per process", type=_positive_int)
     option("--lr", "peak AdamW learning rate", type=float)
     option("--weight-decay", "", type=float)

@@ -9,7 +9,7 @@ classifier) with the fusions of :data:`VQA_FUSIONS`, and `build_vqa_model`, size
   Conditioning Layer", AAAI 2018): residual blocks over the CNN's feature map whose normalised
   features are scaled and shifted per channel by the question, ``map * (1 + gamma) + beta`` with
   ``gamma, beta`` a linear function of the pooled question; then the image encoder's projection of
-  each position, mean- and max-pooling and an MLP.
+  each position, mean- and max-pooling, with the pooled question, into an MLP.
 - ``transformer``: the question's tokens and the image's tokens (one per position of the feature
   map, average-pooled to at most 8 x 8, with a 2-D position encoding) through
   :class:`~mmfast.models.TransformerFusion`: a fusion
@@ -67,8 +67,8 @@ class FiLMBlock(nn.Module):
 class FiLMFusion(nn.Module):
     """``blocks`` :class:`FiLMBlock` over an image feature map, conditioned on the pooled question;
     then each position's features (through ``projection``, when given: the image encoder's own
-    token projection), their mean and their max over positions into a ``ConcatLinear`` + ReLU
-    layer: ``[B, out_dim]``.
+    token projection), their mean and their max over positions and the question itself into a
+    ``ConcatLinear`` + ReLU layer: ``[B, out_dim]``.
 
     Args:
         channels: channels of the feature map.
@@ -95,7 +95,9 @@ class FiLMFusion(nn.Module):
         self.blocks = nn.ModuleList(FiLMBlock(channels, cond_dim, reference) for _ in range(blocks))
         layer = ReferenceConcatLinear if reference else ConcatLinear
         width = channels if token_dim is None else token_dim
-        self.pool = layer([width, width], out_dim, activation="relu")
+        # The pooled question joins the pooled image: the answer layer sees what is asked directly,
+        # and the modulation only has to carry what the image says about it.
+        self.pool = layer([width, width, cond_dim], out_dim, activation="relu")
 
     def forward(
         self, feature_map: torch.Tensor, condition: torch.Tensor, projection: nn.Module | None = None
@@ -107,7 +109,7 @@ class FiLMFusion(nn.Module):
         tokens = x.flatten(2).transpose(1, 2)  # [B, H * W, C]
         if projection is not None:
             tokens = projection(tokens)
-        return self.pool([tokens.mean(dim=1), tokens.amax(dim=1)])
+        return self.pool([tokens.mean(dim=1), tokens.amax(dim=1), condition])
 
 
 def _mlp_head(in_dim: int, hidden: int, num_answers: int, dropout: float) -> nn.Sequential:
