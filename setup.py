@@ -216,24 +216,39 @@ def build_jobs() -> int:
 def _compile_in_parallel(compiler, jobs: int) -> None:
     """Without ninja, PyTorch's build compiles one source after another (distutils). This keeps its
     per-source logic (nvcc for .cu files, the flags, a ccache wrapper) but only records the commands
-    it would run, then runs them `jobs` at a time."""
+    it would run (distutils runs them through `call`, or `spawn` in older setuptools), then runs
+    them `jobs` at a time."""
     if jobs < 2 or getattr(compiler, "_mmfast_parallel", False):
         return
     serial_compile = compiler.compile
-    spawn = compiler.spawn
+    runners = {name: getattr(compiler, name) for name in ("call", "spawn") if hasattr(compiler, name)}
+
+    def run(recorded: tuple[str, list, dict]) -> None:
+        from setuptools.errors import CompileError
+
+        name, command, options = recorded
+        try:
+            runners[name](command, **options)
+        except Exception as error:  # CalledProcessError, OSError, spawn's DistutilsExecError
+            raise CompileError(error) from error
 
     def compile(sources, *args, **kwargs):
-        commands: list[tuple[list[str], dict]] = []
-        compiler.spawn = lambda command, **options: commands.append((list(command), options))
+        commands: list[tuple[str, list, dict]] = []
+
+        def recorder(name):
+            return lambda command, **options: commands.append((name, list(command), options))
+
+        for name in runners:
+            setattr(compiler, name, recorder(name))
         try:
             objects = serial_compile(sources, *args, **kwargs)
         finally:
-            compiler.spawn = spawn
+            for name, runner in runners.items():
+                setattr(compiler, name, runner)
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(jobs) as pool:
-            # The first failure raises, as in the serial build.
-            list(pool.map(lambda c: spawn(c[0], **c[1]), commands))
+            list(pool.map(run, commands))  # the first failure raises, as in the serial build
         return objects
 
     compiler.compile = compile

@@ -57,18 +57,26 @@ def test_gpu_check_without_torch_says_so_in_one_line(tmp_path: Path):
     )
 
 
-def _test_files_using_cuda() -> list[Path]:
-    uses_cuda = re.compile(r"""device=["']cuda|\.cuda\(\)|torch\.device\(["']cuda|DEVICE = .*cuda""")
-    return [p for p in sorted((REPO / "tests").glob("test_*.py")) if uses_cuda.search(p.read_text())]
+def _gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check_under_test", REPO / "tools" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_every_test_that_needs_cuda_carries_the_cuda_marker():
-    """`make gpu-check` runs `-m cuda` (and the Triton files): a test skipped without CUDA but not
-    marked would never run anywhere."""
-    files = _test_files_using_cuda()
+    """`make gpu-check` runs the Triton test files that use CUDA and the `cuda`-marked tests of the
+    other files: a test skipped without CUDA but not marked would never run anywhere."""
+    gpu_check = _gpu_check()
+    files = [
+        p for p in sorted((REPO / "tests").glob("test_*.py")) if gpu_check.USES_CUDA.search(p.read_text())
+    ]
     assert files, "no test uses CUDA tensors"
+    selected = {arg for _, args in gpu_check.test_jobs() for arg in args if arg.endswith(".py")}
     for path in files:
-        assert "pytest.mark.cuda" in path.read_text(), (
+        assert str(path.relative_to(REPO)) in selected, (
             f"{path.name} uses CUDA tensors but no test is marked cuda"
         )
     result = _run(

@@ -165,17 +165,20 @@ def _setup_module():
     return module
 
 
-def test_without_ninja_the_sources_still_compile_in_parallel():
+@pytest.mark.parametrize("runner", ["call", "spawn"])  # setuptools' distutils, older ones
+def test_without_ninja_the_sources_still_compile_in_parallel(runner):
     """PyTorch's distutils backend (no ninja) compiles one source after another; setup.py lets it
     decide each command (nvcc or the C++ compiler, flags) and runs the commands concurrently."""
     import threading
     import time
 
+    from setuptools.errors import CompileError
+
     setup_module = _setup_module()
     running, most, lock = [0], [0], threading.Lock()
 
     class Compiler:  # the part of a distutils CCompiler that compile() uses
-        def spawn(self, command, **options):
+        def run(self, command, **options):
             with lock:
                 running[0] += 1
                 most[0] = max(most[0], running[0])
@@ -183,11 +186,13 @@ def test_without_ninja_the_sources_still_compile_in_parallel():
             with lock:
                 running[0] -= 1
             if command[-1] == "bad.o":
-                raise RuntimeError("command failed")
+                raise OSError("command failed")
+
+        call = spawn = run
 
         def compile(self, sources, output_dir=None, **options):
             for source in sources:
-                self.spawn(["cc", "-c", source, "-o", source.replace(".cpp", ".o")])
+                getattr(self, runner)(["cc", "-c", source, "-o", source.replace(".cpp", ".o")])
             return [source.replace(".cpp", ".o") for source in sources]
 
     compiler = Compiler()
@@ -196,7 +201,7 @@ def test_without_ninja_the_sources_still_compile_in_parallel():
     started = time.monotonic()
     assert compiler.compile([f"s{i}.cpp" for i in range(8)]) == [f"s{i}.o" for i in range(8)]
     assert most[0] == 4 and time.monotonic() - started < 1.2
-    with pytest.raises(RuntimeError, match="command failed"):
+    with pytest.raises(CompileError, match="command failed"):
         compiler.compile(["a.cpp", "bad.cpp"])
     assert setup_module.build_jobs() >= 1
 
