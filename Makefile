@@ -58,7 +58,7 @@ bench-gpu: install
 	fi
 
 lint: install
-	$(PY) -m ruff check mmfast tests bench setup.py
+	$(PY) -m ruff check mmfast tests bench tools setup.py
 
 # Every Triton kernel compiled ahead of time for sm_80 and sm_90 without a GPU (each autotune config
 # the autotuners can pick, every dtype, a few shapes), through Triton's cache (TRITON_CACHE_DIR):
