@@ -392,9 +392,15 @@ def test_gpu_configs_are_pruned_by_dtype_and_width():
     ]
     for dtype, precision, kind in kinds:
         a = torch.empty(1, dtype=dtype)
-        keys = {_common.config_key(c) for c in kernels._FORWARD_GPU_CONFIGS[kind]}
-        pruned = kernels._prune_forward(forward_all, {"A": a}, DOT_PRECISION=precision)
-        assert {_common.config_key(c) for c in pruned} == keys
+        for sigmoid in (False, True):
+            spilling = kernels._SPILLING_16BIT_TILES[sigmoid] if kind == "16-bit" else set()
+            keys = {
+                _common.config_key(c)
+                for c in kernels._FORWARD_GPU_CONFIGS[kind]
+                if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) not in spilling
+            }
+            pruned = kernels._prune_forward(forward_all, {"A": a}, DOT_PRECISION=precision, SIGMOID=sigmoid)
+            assert {_common.config_key(c) for c in pruned} == keys and keys
         grad_keys = {_common.config_key(g) for g in kernels._GRAD_GPU_CONFIGS[kind]}
         for dim in (3, 64, 512, 768, 4096):
             pruned = kernels._prune_grad(

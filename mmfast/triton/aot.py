@@ -859,7 +859,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({sum(r['status'] == 'error' for r in rows)} compile errors, "
         f"{sum(r['status'] == 'spill' for r in rows)} spilling, "
         f"{sum(r['status'] == 'shared memory' for r in rows)} over the shared-memory limit), "
-        f"{seconds:.0f} s with {args.jobs} processes",
+        f"{seconds:.0f} s with {args.jobs} processes, {sum(bool(r.get('cached')) for r in rows)} "
+        "of the cubins found in Triton's cache",
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "TRITON_AOT.md").write_text(markdown(rows, header), encoding="utf-8")
