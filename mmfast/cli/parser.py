@@ -18,7 +18,7 @@ from mmfast.train.config import (
 
 # The names mmfast.models and mmfast.data define, repeated so that the parser imports neither.
 FUSIONS = ("concat", "gated", "attention", "transformer", "film")
-DATASETS = ("av-digits", "easy-vqa", "scenes", "synthetic")
+DATASETS = ("av-digits", "easy-vqa", "scenes", "sort-of-clevr", "synthetic")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -64,7 +64,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "classification, image-text retrieval (a dual encoder) or visual question answering (vqa)",
         choices=TASK_CHOICES,
     )
-    option("--dataset", "vqa: easy-vqa", choices=DATASETS)
+    option("--dataset", "vqa: easy-vqa or sort-of-clevr", choices=DATASETS)
     option("--fusion", "film: vqa only", choices=FUSIONS)
     option(
         "--modalities",
@@ -72,7 +72,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         type=_modalities,
         metavar="LIST",
     )
-    option("--epochs", "maximum epochs (default: 10; vqa: 4)", type=_positive_int)
+    option(
+        "--epochs",
+        "maximum epochs (default: 10; vqa: 4; sort-of-clevr: see its README section)",
+        type=_positive_int,
+    )
     option("--batch-size", "per process", type=_positive_int)
     option("--lr", "peak AdamW learning rate", type=float)
     option("--weight-decay", "", type=float)
@@ -95,7 +99,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     option("--device", "", choices=DEVICE_CHOICES)
     data = parser.add_argument_group("dataset options (see mmfast.data.load_dataset)")
     data.add_argument(
-        "--image-size", type=_positive_int, help="resize (scenes: draw) images to this side (easy-vqa: 32)"
+        "--image-size",
+        type=_positive_int,
+        help="resize (scenes: draw) images to this side (easy-vqa: 32; sort-of-clevr: 75)",
     )
     data.add_argument(
         "--corrupt-images", choices=("noise", "occlusion"), help="av-digits: corrupt every image"
@@ -108,13 +114,19 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--difficulty", type=float, help="synthetic: in [0, 1], 0 = clean")
     data.add_argument("--n-mels", type=_positive_int, help="synthetic: mel bands of the audio")
     data.add_argument(
-        "--num-train", type=_positive_int, help="scenes: training pairs (5000); easy-vqa: images (3600)"
+        "--num-train",
+        type=_positive_int,
+        help="scenes: training pairs (5000); easy-vqa: images (3600); sort-of-clevr: images (9600)",
     )
     data.add_argument(
-        "--num-val", type=_positive_int, help="scenes: validation pairs (1000); easy-vqa: images (400)"
+        "--num-val",
+        type=_positive_int,
+        help="scenes: validation pairs (1000); easy-vqa: images (400); sort-of-clevr: images (200)",
     )
     data.add_argument(
-        "--num-test", type=_positive_int, help="scenes: test gallery pairs (1000); easy-vqa: images (1000)"
+        "--num-test",
+        type=_positive_int,
+        help="scenes: test gallery pairs (1000); easy-vqa: images (1000); sort-of-clevr: images (200)",
     )
 
 
@@ -161,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a multimodal classifier, an image-text retrieval model or a VQA model",
         description="Train a multimodal classifier (or, with --task retrieval, an image-text dual encoder "
-        "with --loss clip or siglip; with --task vqa --dataset easy-vqa, a visual question answering "
-        "model with --fusion concat, gated, attention, film or transformer) and write checkpoints "
+        "with --loss clip or siglip; with --task vqa --dataset easy-vqa or sort-of-clevr, a visual question "
+        "answering model with --fusion concat, gated, attention, film or transformer) and write checkpoints "
         "(last.pt, best.pt), log.jsonl, "
         "curves.png and metrics.json (final test metrics under 'test') to --out. "
         "Under torchrun, trains data-parallel (gloo on CPU, nccl on GPU).",
@@ -183,12 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate",
         help="evaluate a checkpoint",
-        description="Metrics of a checkpoint's weights on a split of the dataset it was trained on.",
+        description="Metrics of a checkpoint's weights on a split of the dataset it was trained on "
+        "(with --data-seed, on a test set generated afresh with another seed).",
     )
     evaluate.add_argument("checkpoint", metavar="CHECKPOINT", help="a last.pt / best.pt of mmfast train")
     evaluate.add_argument("--split", choices=("train", "val", "test"), default="test", help="default: test")
     devices = [d for d in DEVICE_CHOICES if d != "auto"]
     evaluate.add_argument("--device", choices=devices, default=None, help="default: the run's")
+    evaluate.add_argument(
+        "--data-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate on a test set generated afresh with seed N (generated datasets: sort-of-clevr)",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(run=_run_evaluate)
 

@@ -55,6 +55,8 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     if vqa:
         for kind, value in metrics["accuracy_by_type"].items():
             lines.append(f"  {'accuracy ' + kind:<16} {value:.4f}")
+        for kind, value in metrics.get("accuracy_by_subtype", {}).items():
+            lines.append(f"  {'  ' + kind:<16} {value:.4f}")
         lines.append(f"  {'count':<16} {metrics['count']} (questions)")
     if retrieval:
         lines.append(f"  {'count':<16} {metrics['count']} (gallery pairs)")
@@ -100,10 +102,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    metrics = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device)
+    metrics = evaluate_checkpoint(
+        args.checkpoint, split=args.split, device=args.device, data_seed=args.data_seed
+    )
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        print(f"{args.checkpoint} (epoch {metrics['epoch']}), {args.split} split:")
+        fresh = f", generated with seed {args.data_seed}" if args.data_seed is not None else ""
+        print(f"{args.checkpoint} (epoch {metrics['epoch']}), {args.split} split{fresh}:")
         print(format_metrics(metrics))
     return 0

@@ -69,6 +69,8 @@ class ImageEncoder(nn.Module):
         channels: channels of each stage.
         blocks: residual blocks per stage.
         token_positions: add the 2-D position encoding to the tokens (default False).
+        stem_stride: stride of the stem convolution (2 halves the resolution before the first
+            stage: a quarter of the work on large images of small objects).
     """
 
     def __init__(
@@ -78,8 +80,11 @@ class ImageEncoder(nn.Module):
         channels: Sequence[int] = (32, 64),
         blocks: int = 1,
         token_positions: bool = False,
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
+        if stem_stride < 1:
+            raise ValueError(f"stem_stride: expected a positive stride, got {stem_stride}")
         if in_channels < 1 or out_dim < 1 or blocks < 1 or not channels or min(channels) < 1:
             raise ValueError(
                 f"ImageEncoder: expected positive in_channels, out_dim, blocks and channels, got "
@@ -89,7 +94,7 @@ class ImageEncoder(nn.Module):
         self.out_dim = out_dim
         self.token_positions = bool(token_positions)
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False),
+            nn.Conv2d(in_channels, channels[0], 3, stride=stem_stride, padding=1, bias=False),
             nn.BatchNorm2d(channels[0]),
             nn.ReLU(inplace=True),
         )

@@ -22,6 +22,7 @@ only) only ``concat`` applies: the one pooled vector through the ``ConcatLinear`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,22 +38,46 @@ from mmfast.nn.concat_linear import ConcatLinear
 from mmfast.nn.film import FiLM
 from mmfast.nn.reference import ReferenceConcatLinear, ReferenceFiLM
 
-__all__ = ["VQA_FUSIONS", "FiLMBlock", "FiLMFusion", "VQAModel", "build_vqa_model"]
+__all__ = [
+    "DATASET_MODEL_DEFAULTS",
+    "VQA_FUSIONS",
+    "VQA_MODEL_DEFAULTS",
+    "FiLMBlock",
+    "FiLMFusion",
+    "VQAModel",
+    "build_vqa_model",
+    "coordinate_maps",
+    "vqa_model_settings",
+]
 
 VQA_FUSIONS: tuple[str, ...] = ("concat", "gated", "attention", "film", "transformer")
 # The modality names of a VQA batch: the image and the question's token ids.
 IMAGE, QUESTION = "image", "text"
 
 
+def coordinate_maps(feature_map: torch.Tensor) -> torch.Tensor:
+    """``[B, 2, H, W]``: each position's column (x) and row (y), from -1 to 1, in the dtype and on
+    the device of ``feature_map`` ``[B, C, H, W]`` (the coordinate channels of the Relation
+    Networks and FiLM papers)."""
+    batch, _, height, width = feature_map.shape
+    options = {"dtype": feature_map.dtype, "device": feature_map.device}
+    ys = torch.linspace(-1.0, 1.0, height, **options)[:, None].expand(height, width)
+    xs = torch.linspace(-1.0, 1.0, width, **options)[None, :].expand(height, width)
+    return torch.stack([xs, ys]).expand(batch, 2, height, width)
+
+
 class FiLMBlock(nn.Module):
     """A residual block modulated by a condition (FiLM's ResBlock): ``x = relu(conv1x1(x))``, then
     ``x + relu(film(bn(conv3x3(x)), condition))``; the BatchNorm has no affine parameters of its own
     (FiLM's ``gamma`` and ``beta`` take their place). The modulation is :class:`mmfast.nn.FiLM`
-    (``reference=True``: :class:`mmfast.nn.reference.ReferenceFiLM`)."""
+    (``reference=True``: :class:`mmfast.nn.reference.ReferenceFiLM`). With ``coords`` the
+    :func:`coordinate_maps` join the input of the 1x1 convolution, as in the FiLM paper, so that
+    each position knows where it is."""
 
-    def __init__(self, channels: int, cond_dim: int, reference: bool = False) -> None:
+    def __init__(self, channels: int, cond_dim: int, reference: bool = False, coords: bool = False) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 1)
+        self.coords = bool(coords)
+        self.conv1 = nn.Conv2d(channels + (2 if coords else 0), channels, 1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.norm = nn.BatchNorm2d(channels, affine=False)
         # The fused mmfast.nn.FiLM (mmfast.ops.film), or its plain-PyTorch twin.
@@ -60,6 +85,8 @@ class FiLMBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """``x`` ``[B, C, H, W]``, ``condition`` ``[B, cond_dim]`` -> ``[B, C, H, W]``."""
+        if self.coords:
+            x = torch.cat([x, coordinate_maps(x)], dim=1)
         x = torch.relu(self.conv1(x))
         return x + torch.relu(self.film(self.norm(self.conv2(x)), condition))
 
@@ -77,6 +104,7 @@ class FiLMFusion(nn.Module):
         blocks: FiLM'd residual blocks.
         reference: the ``FiLM`` and ``ConcatLinear`` layers from :mod:`mmfast.nn.reference`.
         token_dim: size of each position after ``projection`` (default: ``channels``).
+        coords: each block also sees the positions' coordinates (:class:`FiLMBlock`).
     """
 
     def __init__(
@@ -87,12 +115,13 @@ class FiLMFusion(nn.Module):
         blocks: int = 2,
         reference: bool = False,
         token_dim: int | None = None,
+        coords: bool = False,
     ) -> None:
         super().__init__()
         if blocks < 1:
             raise ValueError(f"blocks: expected >= 1 FiLM blocks, got {blocks}")
         self.out_dim = out_dim
-        self.blocks = nn.ModuleList(FiLMBlock(channels, cond_dim, reference) for _ in range(blocks))
+        self.blocks = nn.ModuleList(FiLMBlock(channels, cond_dim, reference, coords) for _ in range(blocks))
         layer = ReferenceConcatLinear if reference else ConcatLinear
         width = channels if token_dim is None else token_dim
         # The pooled question joins the pooled image: the answer layer sees what is asked directly,
@@ -136,6 +165,7 @@ class VQAModel(nn.Module):
         image_grid: the transformer fusion's image tokens are the feature map average-pooled to
             at most ``image_grid x image_grid`` positions (None: every position).
         reference: the fusion layers from :mod:`mmfast.nn.reference` (same parameter names).
+        film_coords: the ``film`` fusion's blocks also see the coordinates of each position.
     """
 
     def __init__(
@@ -152,6 +182,7 @@ class VQAModel(nn.Module):
         film_blocks: int = 2,
         image_grid: int | None = 8,
         reference: bool = False,
+        film_coords: bool = False,
     ) -> None:
         super().__init__()
         if image_grid is not None and image_grid < 1:
@@ -184,6 +215,7 @@ class VQAModel(nn.Module):
                 film_blocks,
                 reference,
                 token_dim=image_encoder.out_dim,
+                coords=film_coords,
             )
         elif fusion == "transformer":
             self.fusion = TransformerFusion(
@@ -220,6 +252,40 @@ class VQAModel(nn.Module):
         return self.head(self.fusion(features))
 
 
+# The model settings of build_vqa_model, and those of datasets that differ (written once here).
+VQA_MODEL_DEFAULTS: dict[str, Any] = {
+    "image_channels": (8, 16, 32),
+    "stem_stride": 1,
+    "num_heads": 4,
+    "num_layers": 2,
+    "film_blocks": 2,
+    "film_coords": False,
+    "image_grid": 8,
+}
+DATASET_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    # 75 x 75 images of six 11-pixel objects: a strided stem (the objects stay several pixels
+    # wide), coordinates in the FiLM blocks (the relational questions are about distances).
+    "sort-of-clevr": {
+        "image_channels": (8, 16, 32),
+        "stem_stride": 2,
+        "film_blocks": 4,
+        "film_coords": True,
+        "num_layers": 4,
+        "image_grid": 10,
+    },
+}
+
+
+def vqa_model_settings(dataset: str, **overrides: Any) -> dict[str, Any]:
+    """The :data:`VQA_MODEL_DEFAULTS` with dataset ``dataset``'s own and then the non-None
+    ``overrides`` in their place."""
+    unknown = set(overrides) - set(VQA_MODEL_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown VQA model setting(s) {sorted(unknown)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return {**VQA_MODEL_DEFAULTS, **DATASET_MODEL_DEFAULTS.get(dataset, {}), **given}
+
+
 def build_vqa_model(
     info: DatasetInfo,
     *,
@@ -229,17 +295,30 @@ def build_vqa_model(
     dropout: float = 0.1,
     reference: bool = False,
     text_encoder: str = "lstm",
-    image_channels: Sequence[int] = (8, 16, 32),
-    num_heads: int = 4,
-    num_layers: int = 2,
-    film_blocks: int = 2,
-    image_grid: int | None = 8,
+    image_channels: Sequence[int] | None = None,
+    stem_stride: int | None = None,
+    num_heads: int | None = None,
+    num_layers: int | None = None,
+    film_blocks: int | None = None,
+    film_coords: bool | None = None,
+    image_grid: int | None = None,
 ) -> VQAModel:
     """A :class:`VQAModel` for dataset ``info`` (images and questions as ``"text"``; the answers are
     its classes): an :class:`~mmfast.encoders.ImageEncoder` with ``image_channels`` (its tokens with
     2-D positions) and a :class:`~mmfast.encoders.TextEncoder` of kind ``text_encoder``, both of
     output size ``hidden``; ``modalities`` ``["text"]`` or ``["image"]`` for a single-modality
-    baseline (default: both)."""
+    baseline (default: both). The settings left None take the dataset's defaults
+    (:func:`vqa_model_settings`: :data:`DATASET_MODEL_DEFAULTS`, else :data:`VQA_MODEL_DEFAULTS`)."""
+    settings = vqa_model_settings(
+        info.name,
+        image_channels=image_channels,
+        stem_stride=stem_stride,
+        num_heads=num_heads,
+        num_layers=num_layers,
+        film_blocks=film_blocks,
+        film_coords=film_coords,
+        image_grid=image_grid,
+    )
     chosen = tuple(sorted(info.modalities if modalities is None else modalities))
     if not chosen or len(set(chosen)) != len(chosen) or not set(chosen) <= {IMAGE, QUESTION}:
         raise ValueError(f"modalities: expected image, text or both, got {list(chosen)}")
@@ -248,7 +327,11 @@ def build_vqa_model(
     image_encoder = question_encoder = None
     if IMAGE in chosen:
         image_encoder = ImageEncoder(
-            info.image_shape[0], hidden, channels=image_channels, token_positions=True
+            info.image_shape[0],
+            hidden,
+            channels=settings["image_channels"],
+            token_positions=True,
+            stem_stride=settings["stem_stride"],
         )
     if QUESTION in chosen:
         question_encoder = TextEncoder(info.vocab_size, hidden, kind=text_encoder, pad_id=info.pad_id)
@@ -259,9 +342,10 @@ def build_vqa_model(
         info.num_classes,
         hidden=hidden,
         dropout=dropout,
-        num_heads=num_heads,
-        num_layers=num_layers,
-        film_blocks=film_blocks,
-        image_grid=image_grid,
+        num_heads=settings["num_heads"],
+        num_layers=settings["num_layers"],
+        film_blocks=settings["film_blocks"],
+        image_grid=settings["image_grid"],
         reference=reference,
+        film_coords=settings["film_coords"],
     )

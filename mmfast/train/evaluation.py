@@ -14,13 +14,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mmfast.data import collate, load_dataset
+from mmfast.data.registry import has_seeded_test_set
 from mmfast.train.build import build_model
 from mmfast.train.checkpoint import MODEL_KEYS, CheckpointError, checkpoint_config, load_checkpoint
 from mmfast.train.distributed import DistributedContext, evaluation_shard
 from mmfast.train.metrics import classification_metrics
 from mmfast.train.retrieval import evaluate_retrieval
 from mmfast.train.runtime import resolve_device
-from mmfast.train.vqa import question_types_of, vqa_metrics
+from mmfast.train.vqa import question_subtypes_of, question_types_of, vqa_metrics
 
 EVAL_BATCH_SIZE = 256
 
@@ -57,11 +58,12 @@ def evaluate_vqa(
     dist: DistributedContext | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate_model` of a VQA model plus the accuracy per question type
-    (``"accuracy_by_type"``, from ``dataset.extras["question_types"]``) and ``"count"``, the number
-    of questions (:func:`~mmfast.train.vqa.vqa_metrics`); sharded as :func:`evaluate_model` is."""
+    (``"accuracy_by_type"``, from ``dataset.extras["question_types"]``; ``"accuracy_by_subtype"``
+    too when the dataset names finer subtypes) and ``"count"``, the number of questions
+    (:func:`~mmfast.train.vqa.vqa_metrics`); sharded as :func:`evaluate_model` is."""
     kinds = question_types_of(dataset)
     loss, y, p = predict(model, dataset, device, autocast, batch_size, dist)
-    metrics = vqa_metrics(y.numpy(), p.numpy(), kinds)
+    metrics = vqa_metrics(y.numpy(), p.numpy(), kinds, question_subtypes_of(dataset))
     metrics["loss"] = float(loss.sum()) / len(y)
     return metrics
 
@@ -111,15 +113,32 @@ def _in_dataset_order(shards: list[tuple[torch.Tensor, ...] | None]) -> tuple[to
 
 
 def evaluate_checkpoint(
-    path: str | os.PathLike, split: str = "test", device: str | None = None
+    path: str | os.PathLike, split: str = "test", device: str | None = None, data_seed: int | None = None
 ) -> dict[str, Any]:
     """Metrics of the weights in checkpoint ``path`` on ``split`` of the dataset it was trained on
     (same options and seed, so the same split), with the run's autocast setting: those of
     :func:`evaluate_model` for a classifier, of :func:`~mmfast.train.retrieval.evaluate_retrieval`
     (loss over batches of the run's batch size) for a retrieval run, of :func:`evaluate_vqa` for a
-    VQA run; plus ``"epoch"``."""
+    VQA run; plus ``"epoch"``.
+
+    With ``data_seed`` the test split is generated afresh with that seed instead of the run's
+    (``"data_seed"`` is then in the metrics too), so that the figures cannot come from images seen
+    in training; only datasets that generate their test set from the seed (Sort-of-CLEVR) allow it.
+
+    Raises:
+        ValueError: ``data_seed`` with a split other than ``test``, or for a dataset with a fixed
+            test set.
+    """
     state = load_checkpoint(path, required=MODEL_KEYS)
     config = checkpoint_config(state, path)
+    if data_seed is not None:
+        if split != "test":
+            raise ValueError(f"data_seed: a fresh set is generated for the test split only, not {split!r}")
+        if not has_seeded_test_set(config.dataset):
+            raise ValueError(
+                f"data_seed: {config.dataset} has a fixed test set (its data are read, not generated "
+                "from a seed); --data-seed applies to generated datasets such as sort-of-clevr"
+            )
     target = resolve_device(device or config.device)
     model = build_model(config)
     try:
@@ -127,7 +146,8 @@ def evaluate_checkpoint(
     except (RuntimeError, TypeError, AttributeError) as error:
         raise CheckpointError.of(path, "its weights do not fit the model of its config", error) from error
     model.to(target)
-    dataset = load_dataset(config.dataset, split, seed=config.seed, **config.dataset_options)
+    seed = config.seed if data_seed is None else int(data_seed)
+    dataset = load_dataset(config.dataset, split, seed=seed, **config.dataset_options)
 
     def autocast() -> AbstractContextManager[Any]:
         if config.autocast == "bf16":
@@ -141,4 +161,6 @@ def evaluate_checkpoint(
     else:
         metrics = evaluate_model(model, dataset, target, autocast)
     metrics["epoch"] = int(state.get("epoch", 0))
+    if data_seed is not None:
+        metrics["data_seed"] = int(data_seed)
     return metrics

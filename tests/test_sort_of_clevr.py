@@ -1,0 +1,305 @@
+"""Sort-of-CLEVR: the generator (objects, pixels, answers recomputed from the pixels, seeds, the
+disk cache), the dataset, the model's coordinate maps, and training / evaluation (also on a freshly
+generated test set) through the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from mmfast.cli import main
+from mmfast.data import collate, dataset_info, load_dataset
+from mmfast.data import sort_of_clevr as soc
+from mmfast.encoders import ImageEncoder
+from mmfast.models import VQA_FUSIONS, build_vqa_model
+from mmfast.models.vqa import coordinate_maps, vqa_model_settings
+from mmfast.train.config import DATASET_EPOCHS, TASK_EPOCHS, TrainConfig
+
+TINY = {"num_train": 6, "num_val": 2, "num_test": 3}
+TINY_FLAGS = [
+    "--num-train", "6", "--num-val", "2", "--num-test", "3", "--image-size", "32", "--hidden", "16",
+    "--epochs", "1", "--no-progress",
+]  # fmt: skip
+WHITE = (255, 255, 255)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    """Every test caches its scenes in a folder of its own, and starts with no scenes in memory."""
+    monkeypatch.setenv(soc.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+    soc.scenes.cache_clear()
+    yield
+    soc.scenes.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def drawn() -> soc.Scenes:
+    return soc.generate(200, seed=7)
+
+
+def _objects_from_pixels(image: np.ndarray) -> list[tuple[float, float, str]]:
+    """(x, y, shape) of each colour's object, read from the pixels alone: the centre is the mean
+    pixel position, a square fills its 11 x 11 box and a circle does not."""
+    objects = []
+    for rgb in soc.RGB:
+        ys, xs = np.nonzero((image == np.array(rgb, dtype=np.uint8)).all(axis=-1))
+        box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+        objects.append((float(xs.mean()), float(ys.mean()), "square" if len(xs) == box else "circle"))
+    return objects
+
+
+def _expected_answer(objects: list[tuple[float, float, str]], colour: int, subtype: str) -> str:
+    """The answer from the objects read off the image, written independently of the generator."""
+    x, y, shape = objects[colour]
+    if subtype == "shape":
+        return shape
+    if subtype == "horizontal":
+        return "yes" if x < 37.5 else "no"
+    if subtype == "vertical":
+        return "yes" if y < 37.5 else "no"
+    if subtype == "count":
+        return str(sum(other[2] == shape for other in objects))
+    others = [(math.dist((x, y), o[:2]), o[2]) for k, o in enumerate(objects) if k != colour]
+    return (min if subtype == "closest" else max)(others)[1]
+
+
+def test_objects_colours_and_no_overlap(drawn) -> None:
+    masks = {"square": 121, "circle": 97}  # pixels within the box / within radius 5.5
+    assert drawn.images.shape == (200, 75, 75, 3) and drawn.images.dtype == np.uint8
+    for image, centres, shapes in zip(drawn.images, drawn.centres, drawn.shapes):
+        colours = {tuple(p) for p in image.reshape(-1, 3).tolist()}
+        # Six distinct colours and the white background, nothing else (no blending, no overlap).
+        assert colours == set(soc.RGB) | {WHITE}
+        painted = 0
+        for k, rgb in enumerate(soc.RGB):
+            ys, xs = np.nonzero((image == np.array(rgb, dtype=np.uint8)).all(axis=-1))
+            shape = soc.SHAPES[shapes[k]]
+            assert len(xs) == masks[shape], (k, shape, len(xs))  # whole: neither cut nor covered
+            assert (xs.min(), xs.max(), ys.min(), ys.max()) == (
+                centres[k][0] - 5,
+                centres[k][0] + 5,
+                centres[k][1] - 5,
+                centres[k][1] + 5,
+            )
+            painted += len(xs)
+        assert (image != 255).any(axis=-1).sum() == painted
+        assert centres.min() >= 5 and centres.max() <= 69 and (centres != 37).all()
+        gaps = np.abs(centres[:, None] - centres[None]).max(axis=-1) + np.eye(6, dtype=int) * 99
+        assert gaps.min() >= 12  # the 11 x 11 boxes leave at least a pixel between them
+
+
+def test_answers_recomputed_from_the_pixels(drawn) -> None:
+    seen = {name: set() for name in soc.QUESTION_SUBTYPES}
+    for image, colours, subtypes, answers in zip(drawn.images, drawn.colours, drawn.subtypes, drawn.answers):
+        objects = _objects_from_pixels(image)
+        assert [soc.question_type(s) for s in subtypes] == ["non_relational"] * 10 + ["relational"] * 10
+        for colour, subtype, answer in zip(colours, subtypes, answers):
+            name = soc.QUESTION_SUBTYPES[subtype]
+            assert soc.ANSWERS[answer] == _expected_answer(objects, colour, name), (name, objects)
+            seen[name].add(soc.ANSWERS[answer])
+    assert seen["shape"] == seen["closest"] == seen["furthest"] == {"square", "circle"}
+    assert seen["horizontal"] == seen["vertical"] == {"yes", "no"}
+    assert seen["count"] == {"1", "2", "3", "4", "5", "6"}
+    assert len(soc.ANSWERS) == 10
+
+
+def test_question_texts_and_codes() -> None:
+    vocabulary = soc.tokenizer()
+    for colour in range(6):
+        for subtype in range(6):
+            text = soc.question_text(colour, subtype)
+            assert soc.COLOURS[colour] in text.split()
+            assert vocabulary.decode(vocabulary.encode(text)) == text.replace("?", " ?")
+            code = soc.question_code(colour, subtype)
+            assert code.shape == (11,) and code.sum() == 3 and set(np.unique(code)) == {0.0, 1.0}
+            assert code[:6].argmax() == colour and code[6:8].argmax() == subtype // 3
+            assert code[8:].argmax() == subtype % 3
+    texts = {soc.question_text(c, s) for c in range(6) for s in range(6)}
+    assert len(texts) == 36 and vocabulary.unk_id not in torch.cat([vocabulary.encode(t) for t in texts])
+
+
+def test_generation_is_seeded(drawn) -> None:
+    again = soc.generate(200, seed=7)
+    for name in ("images", "centres", "shapes", "colours", "subtypes", "answers"):
+        assert np.array_equal(getattr(again, name), getattr(drawn, name))
+    prefix = soc.generate(5, seed=7)
+    assert np.array_equal(prefix.images, drawn.images[:5])
+    assert np.array_equal(prefix.answers, drawn.answers[:5])
+    other = soc.generate(5, seed=8)
+    test_part = soc.generate(5, seed=7, part="test")
+    for different in (other, test_part):
+        assert not np.array_equal(different.images, prefix.images)
+        assert not np.array_equal(different.centres, prefix.centres)
+    with pytest.raises(ValueError, match="part"):
+        soc.generate(2, part="val")
+
+
+def test_cache_round_trip(monkeypatch) -> None:
+    path = soc.cache_path(4, 3, "train")
+    assert not path.exists() and path.parent.parent == soc.cache_dir().parent
+    first = soc.scenes(4, 3, "train")
+    assert path.is_file() and [p.name for p in path.parent.iterdir()] == [path.name]
+    stored = soc.read_cache(path)
+    for name in ("images", "centres", "shapes", "colours", "subtypes", "answers"):
+        assert np.array_equal(getattr(stored, name), getattr(first, name))
+        assert getattr(stored, name).dtype == getattr(first, name).dtype
+    soc.scenes.cache_clear()
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the cached scenes should have been read")
+
+    monkeypatch.setattr(soc, "generate", no_generation)
+    assert np.array_equal(soc.scenes(4, 3, "train").images, first.images)
+    # Another seed or size is another file.
+    assert soc.cache_path(4, 4, "train") != path and soc.cache_path(5, 3, "train") != path
+    assert soc.cache_path(4, 3, "test") != path
+
+
+def test_unreadable_cache_is_regenerated() -> None:
+    path = soc.cache_path(2, 0, "test")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not an npz file")
+    assert soc.read_cache(path) is None
+    assert np.array_equal(soc.scenes(2, 0, "test").images, soc.generate(2, 0, "test").images)
+    assert soc.read_cache(path) is not None
+
+
+def test_cache_write_is_atomic(monkeypatch, tmp_path) -> None:
+    data = soc.generate(2, seed=1)
+    target = tmp_path / "scenes.npz"
+    replaced = []
+    real_replace = os.replace
+
+    def spy(source, destination):
+        # When the final name appears the file is complete: a temporary file beside it.
+        assert not os.path.exists(destination) and os.path.dirname(source) == str(tmp_path)
+        assert soc.read_cache(type(target)(source)) is not None
+        replaced.append((source, destination))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(soc.os, "replace", spy)
+    soc.write_cache(target, data)
+    assert len(replaced) == 1 and replaced[0][1] == target and list(tmp_path.iterdir()) == [target]
+
+    def interrupted(file, **arrays):
+        file.write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(soc.np, "savez_compressed", interrupted)
+    other = tmp_path / "other.npz"
+    with pytest.raises(KeyboardInterrupt):
+        soc.write_cache(other, data)
+    # Neither the final file nor the temporary one is left behind; the earlier file is intact.
+    assert list(tmp_path.iterdir()) == [target] and soc.read_cache(target) is not None
+
+
+def test_dataset_splits_and_collation() -> None:
+    info = dataset_info("sort-of-clevr")
+    assert info.num_classes == 10 and info.class_names == soc.ANSWERS
+    assert info.image_shape == (3, 75, 75) and info.modalities == ("image", "text")
+    splits = {split: load_dataset("sort-of-clevr", split, **TINY) for split in ("train", "val", "test")}
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [120, 40, 60]
+    images = {s: set(d.source_ids["image"].tolist()) for s, d in splits.items()}
+    assert not images["train"] & images["val"] and not images["test"] & (images["train"] | images["val"])
+    train = splits["train"]
+    scenes = soc.scenes(8, 0, "train")
+    sample = train[21]  # the second question of the second training image (image 3 of the part)
+    assert sample["image"].shape == (3, 75, 75) and sample["image"].dtype == torch.float32
+    expected = torch.from_numpy(scenes.images[3]).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(sample["image"], expected)
+    assert int(sample["label"]) == scenes.answers[3, 1]
+    assert train.extras["questions"][21] == soc.question_text(scenes.colours[3, 1], scenes.subtypes[3, 1])
+    assert train.extras["question_subtypes"][21] == soc.QUESTION_SUBTYPES[scenes.subtypes[3, 1]]
+    assert train.extras["question_codes"].shape == (120, 11)
+    kinds = train.extras["question_types"]
+    assert kinds.count("relational") == kinds.count("non_relational") == 60
+    assert [soc.QUESTION_TYPES[i] for i in train.extras["question_type_ids"].tolist()] == kinds
+    batch = collate([train[i] for i in range(7)])
+    assert batch["image"].shape == (7, 3, 75, 75) and batch["label"].shape == (7,)
+    assert batch["text"].shape == (7, int(batch["text_lengths"].max()))
+    small = load_dataset("sort-of-clevr", "test", num_test=2, image_size=32)
+    assert small[0]["image"].shape == (3, 32, 32) and 0 <= float(small[0]["image"].min())
+    # Another seed, another test set; the training part does not change the test one.
+    fresh = load_dataset("sort-of-clevr", "test", seed=5, num_test=3)
+    assert not torch.equal(fresh[0]["image"], splits["test"][0]["image"])
+    bigger = load_dataset("sort-of-clevr", "test", num_train=20, num_val=2, num_test=3)
+    assert torch.equal(bigger[0]["image"], splits["test"][0]["image"])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"), [({"num_train": 0}, "num_train"), ({"colours": 3}, "unknown")]
+)
+def test_bad_options(options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataset_info("sort-of-clevr", **options)
+
+
+def test_coordinate_maps_and_model_defaults() -> None:
+    maps = coordinate_maps(torch.zeros(2, 5, 3, 4))
+    assert maps.shape == (2, 2, 3, 4)
+    assert maps[0, 0, 0].tolist() == pytest.approx([-1, -1 / 3, 1 / 3, 1])  # x along a row
+    assert maps[1, 1, :, 0].tolist() == pytest.approx([-1, 0, 1])  # y down a column
+    settings = vqa_model_settings("sort-of-clevr")
+    assert settings["film_coords"] and settings["stem_stride"] == 2
+    assert not vqa_model_settings("easy-vqa")["film_coords"]
+    assert vqa_model_settings("sort-of-clevr", film_blocks=1)["film_blocks"] == 1
+    encoder = ImageEncoder(3, 8, channels=(4, 8), stem_stride=2)
+    assert encoder.features(torch.zeros(1, 3, 75, 75)).shape == (1, 8, 19, 19)
+    assert TrainConfig(task="vqa", dataset="sort-of-clevr").epochs == DATASET_EPOCHS["sort-of-clevr"]
+    assert TrainConfig(task="vqa", dataset="easy-vqa").epochs == TASK_EPOCHS["vqa"]
+
+
+@pytest.mark.parametrize("fusion", VQA_FUSIONS)
+def test_every_fusion_on_sort_of_clevr(fusion: str) -> None:
+    dataset = load_dataset("sort-of-clevr", "train", **TINY, image_size=32)
+    batch = collate([dataset[i] for i in range(0, 120, 15)])
+    model = build_vqa_model(dataset.info, fusion=fusion, hidden=16)
+    if fusion == "film":
+        assert all(block.conv1.in_channels == block.conv2.in_channels + 2 for block in model.fusion.blocks)
+    logits = model(batch)
+    assert logits.shape == (8, 10) and torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits, batch["label"]).backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not unused, unused
+
+
+@pytest.mark.parametrize("fusion", ["film", "concat"])
+def test_train_and_evaluate_on_a_fresh_test_set(fusion: str, tmp_path, capsys) -> None:
+    out = tmp_path / fusion
+    args = ["train", "--task", "vqa", "--dataset", "sort-of-clevr", "--fusion", fusion, "--out", str(out)]
+    assert main([*args, *TINY_FLAGS]) == 0
+    assert "accuracy relational" in capsys.readouterr().out
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert set(test["accuracy_by_type"]) == {"relational", "non_relational"}
+    assert set(test["accuracy_by_subtype"]) == set(soc.QUESTION_SUBTYPES)
+    assert test["count"] == 60 and 0.0 <= test["accuracy"] <= 1.0
+    assert main(["evaluate", str(out / "best.pt"), "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert same["accuracy"] == pytest.approx(test["accuracy"]) and "data_seed" not in same
+    assert main(["evaluate", str(out / "best.pt"), "--data-seed", "11", "--json"]) == 0
+    fresh = json.loads(capsys.readouterr().out)
+    assert fresh["data_seed"] == 11 and fresh["count"] == 60
+    assert set(fresh["accuracy_by_type"]) == {"relational", "non_relational"}
+    assert fresh["loss"] != pytest.approx(test["loss"])  # other images, other predictions
+    assert main(["evaluate", str(out / "best.pt"), "--data-seed", "11"]) == 0
+    printed = capsys.readouterr().out
+    assert "generated with seed 11" in printed and "accuracy non_relational" in printed
+    assert main(["evaluate", str(out / "best.pt"), "--data-seed", "11", "--split", "val"]) == 2
+    assert "test split only" in capsys.readouterr().err
+
+
+def test_data_seed_is_refused_for_easy_vqa(tmp_path, capsys) -> None:
+    out = tmp_path / "easy"
+    args = ["train", "--task", "vqa", "--dataset", "easy-vqa", "--modalities", "text", "--out", str(out)]
+    flags = ["--num-train", "8", "--num-val", "4", "--num-test", "4", "--hidden", "8", "--epochs", "1"]
+    assert main([*args, *flags, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "best.pt"), "--data-seed", "3"]) == 2
+    error = capsys.readouterr().err
+    assert "easy-vqa has a fixed test set" in error and "sort-of-clevr" in error
+    assert main(["evaluate", str(out / "best.pt"), "--json"]) == 0
