@@ -136,12 +136,39 @@ def torch_base_version() -> str:
     return torch.__version__.split("+", 1)[0]
 
 
+def _x86_64() -> bool:
+    baseline = os.environ.get("MMFAST_CPU_BASELINE", "avx2")
+    return platform.machine() in ("x86_64", "AMD64") and baseline == "avx2"
+
+
+def cpu_capabilities() -> dict[str, list[str]]:
+    """The builds of the CPU kernels (`csrc/**/*_cpu.cpp`), each capability's flags beyond
+    `cpu_flags()`, lowest first. On x86-64 an AVX2 and an AVX-512 build, compiled as ATen compiles
+    its own (its AVX512 capability: AVX512F/BW/VL/DQ); the library chooses one when it loads
+    (csrc/engine/cpu_capability.h). Elsewhere (or with MMFAST_CPU_BASELINE other than avx2) one
+    build for the compiler's default target."""
+    if not _x86_64():
+        return {"DEFAULT": ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"]}
+    return {
+        "AVX2": ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+        "AVX512": [
+            "-mavx512f",
+            "-mavx512bw",
+            "-mavx512vl",
+            "-mavx512dq",
+            "-DCPU_CAPABILITY=AVX512",
+            "-DCPU_CAPABILITY_AVX512",
+        ],
+    }
+
+
 def cpu_flags() -> list[str]:
-    """x86-64-v3 (AVX2/FMA) code and at::vec's AVX2 registers; the loader refuses the build on CPUs
-    without AVX2 and falls back to the reference ops."""
+    """Every C++ source's flags: x86-64-v3 (AVX2/FMA) code, which the loader refuses on CPUs
+    without AVX2 (falling back to the reference ops), and the list of kernel builds."""
     flags = ["-O3", "-fopenmp", "-fvisibility=hidden"]
-    if platform.machine() in ("x86_64", "AMD64") and os.environ.get("MMFAST_CPU_BASELINE", "avx2") == "avx2":
-        flags += ["-march=x86-64-v3", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-DMMFAST_CPU_AVX2"]
+    if _x86_64():
+        flags.append("-march=x86-64-v3")
+    flags += [f"-DMMFAST_CPU_BUILT_{capability}" for capability in cpu_capabilities()]
     return flags
 
 
@@ -149,12 +176,16 @@ def build_plan() -> dict:
     """What `mmfast._C` is built from and how, as plain data (also printed by --print-config)."""
     # csrc/module.cpp, the shared engine (csrc/engine/) and one folder per op (csrc/ops/<op>/);
     # files ending in _cuda.cpp are CUDA glue, built only into the CUDA extension.
+    # files ending in _cpu.cpp are the CPU kernels, built once per CPU capability (cpu_capabilities).
     all_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
-    sources = [s for s in all_sources if not s.endswith("_cuda.cpp")]
+    kernel_sources = [s for s in all_sources if s.endswith("_cpu.cpp")]
+    sources = [s for s in all_sources if not s.endswith(("_cuda.cpp", "_cpu.cpp"))]
     cuda_glue = [s for s in all_sources if s.endswith("_cuda.cpp")]
     plan = {
         "extension": "CppExtension",
         "sources": sources,
+        "cpu_kernel_sources": kernel_sources,
+        "cpu_capabilities": cpu_capabilities(),
         "include_dirs": [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "kernels")],
         "extra_compile_args": {"cxx": cpu_flags()},
         "extra_link_args": ["-fopenmp"],
@@ -188,13 +219,18 @@ def cuda_gencode_flags() -> list[str]:
 def extension():
     plan = build_plan()
     kind = CUDAExtension if plan["extension"] == "CUDAExtension" else CppExtension
-    return kind(
+    ext = kind(
         "mmfast._C",
         plan["sources"],
         include_dirs=plan["include_dirs"],
         extra_compile_args=plan["extra_compile_args"],
         extra_link_args=plan["extra_link_args"],
+        # Not compiled with the sources: MmfastBuildExtension compiles them once per capability.
+        depends=plan["cpu_kernel_sources"] + sorted(glob.glob("csrc/**/*.h", recursive=True)),
     )
+    ext.cpu_kernel_sources = plan["cpu_kernel_sources"]
+    ext.cpu_capabilities = plan["cpu_capabilities"]
+    return ext
 
 
 def build_config_record() -> dict:
@@ -272,7 +308,31 @@ class MmfastBuildExtension(BuildExtension):
             ext.extra_link_args = [*ext.extra_link_args, "-Wl,--strip-debug"]
         if not self.use_ninja:
             _compile_in_parallel(self.compiler, build_jobs())
+        ext.extra_objects = self._compile_cpu_kernels(ext)
         super().build_extension(ext)
+
+    def _compile_cpu_kernels(self, ext) -> list[str]:
+        """Compiles every CPU kernel source once per capability, each build in its own object folder
+        with the sources' flags plus the capability's, and returns the objects lowest capability
+        first. They are linked after the other objects in that order, so that where builds emit the
+        same inline function of a header (ATen's, the standard library's: weak symbols, of which
+        the linker keeps the first), the copy kept is the baseline's, which every CPU runs."""
+        objects: list[str] = []
+        per_language = isinstance(ext.extra_compile_args, dict)
+        base_flags = ext.extra_compile_args["cxx"] if per_language else ext.extra_compile_args
+        for capability, flags in ext.cpu_capabilities.items():
+            cxx = [*base_flags, *flags]
+            postargs = {**ext.extra_compile_args, "cxx": cxx} if per_language else cxx
+            objects += self.compiler.compile(
+                ext.cpu_kernel_sources,
+                output_dir=os.path.join(self.build_temp, f"cpu-{capability}"),
+                macros=ext.define_macros,
+                include_dirs=ext.include_dirs,
+                debug=self.debug,
+                extra_postargs=postargs,
+                depends=ext.depends,
+            )
+        return objects
 
     def run(self) -> None:
         super().run()

@@ -28,27 +28,18 @@ BENCH_DIR = Path(__file__).resolve().parent
 RATIO_TICKS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100, 200, 500)
 
 
-# The ISA extensions that decide which CPU kernels run fastest, as /proc/cpuinfo names them.
-ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_tile": "AMX"}
-
-
 def machine_description() -> str:
-    """CPU model, its ISA extensions (AVX2, AVX-512, AVX512-BF16, AMX), cores and GPU."""
-    model = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            lines = cpuinfo.read().splitlines()
-        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-        model = names[0] if names else model
-        flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
-    except OSError:
-        pass
+    """CPU model, its ISA extensions (AVX2, AVX-512, AVX512-BF16, AMX), the build of mmfast's CPU
+    kernels that ran, cores and GPU."""
     import torch
 
-    isa = [name for flag, name in ISA_FLAGS.items() if flag in flags]
+    from mmfast._backend import cpu_capability, cpu_description
+
+    cpu = cpu_description()
+    kernels = cpu_capability()
+    build = f", mmfast's {kernels['active']} CPU kernels" if kernels else ""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (CPU results only)"
-    return f"{model} ({', '.join(isa) or 'no AVX2'}), {os.cpu_count()} CPU cores, {gpu}"
+    return f"{cpu['model']} ({', '.join(cpu['isa']) or 'no AVX2'}{build}), {os.cpu_count()} CPU cores, {gpu}"
 
 
 def versions() -> str:

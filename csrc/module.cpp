@@ -10,6 +10,9 @@
 //   cpu_gemm_force(name or None) -> the previously forced engine or None
 //   cpu_gemm_choices() -> list of dicts, one per remembered choice, oldest first
 //   cpu_gemm_reset() -> None (forgets the remembered choices)
+// and which build of the CPU kernels runs (csrc/engine/cpu_capability.h):
+//   cpu_capability() -> {"active": name, "built": (names, lowest first), "supported": (the built
+//                        ones this CPU runs), "reason": how the active one was chosen}
 #include <torch/library.h>
 
 #include <Python.h>
@@ -18,8 +21,10 @@
 
 #include <exception>
 #include <string>
+#include <vector>
 
 #include "engine/checks.h"
+#include "engine/cpu_capability.h"
 #include "engine/gemm.h"
 
 // The namespace is declared here once; the ops add to it.
@@ -159,6 +164,35 @@ PyObject* cpu_gemm_reset(PyObject*, PyObject*) {
   });
 }
 
+PyObject* cpu_capability(PyObject*, PyObject*) {
+  return translating_errors([]() -> PyObject* {
+    using mmfast::cpu::Capability;
+    const std::vector<Capability> built = mmfast::cpu::built_cpu_capabilities();
+    PyObject* built_names = PyTuple_New(static_cast<Py_ssize_t>(built.size()));
+    PyObject* supported = PyList_New(0);
+    if (built_names == nullptr || supported == nullptr) {
+      Py_XDECREF(built_names);
+      Py_XDECREF(supported);
+      return nullptr;
+    }
+    for (size_t i = 0; i < built.size(); ++i) {
+      PyTuple_SET_ITEM(built_names, static_cast<Py_ssize_t>(i),
+                       PyUnicode_FromString(mmfast::cpu::capability_name(built[i])));
+      if (mmfast::cpu::cpu_supports(built[i])) {
+        PyObject* name = PyUnicode_FromString(mmfast::cpu::capability_name(built[i]));
+        PyList_Append(supported, name);
+        Py_XDECREF(name);
+      }
+    }
+    PyObject* supported_tuple = PyList_AsTuple(supported);
+    Py_DECREF(supported);
+    // "N" steals the references to the tuples.
+    return Py_BuildValue("{s:s,s:N,s:N,s:s}", "active",
+                         mmfast::cpu::capability_name(mmfast::cpu::active_cpu_capability()), "built", built_names,
+                         "supported", supported_tuple, "reason", mmfast::cpu::cpu_capability_reason().c_str());
+  });
+}
+
 PyMethodDef methods[] = {
     {"cpu_gemm_engines", cpu_gemm_engines, METH_NOARGS, "Every CPU GEMM engine name any GEMM site offers."},
     {"cpu_gemm_forced", cpu_gemm_forced, METH_NOARGS, "The CPU GEMM engine forced on every site, or None."},
@@ -166,6 +200,8 @@ PyMethodDef methods[] = {
      "Forces a CPU GEMM engine by name (None or 'auto': the timed choice); returns the previous one."},
     {"cpu_gemm_choices", cpu_gemm_choices, METH_NOARGS, "The CPU GEMM tuner's remembered choices, oldest first."},
     {"cpu_gemm_reset", cpu_gemm_reset, METH_NOARGS, "Forgets the CPU GEMM tuner's remembered choices."},
+    {"cpu_capability", cpu_capability, METH_NOARGS,
+     "Which build of the CPU kernels runs (active), which were built, which this CPU runs, and why."},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -8,7 +8,10 @@
 #include <cstdint>
 #include <type_traits>
 
+// In the capability's namespace: these templates compile to other code in each CPU capability's
+// build (engine/cpu_capability.h), so the builds must not share their instances.
 namespace mmfast::cpu {
+namespace CPU_CAPABILITY {
 
 template <typename scalar_t>
 using compute_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -43,4 +46,5 @@ void store_from_compute(const compute_t<scalar_t>* buffer, scalar_t* dst, int64_
   }
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace mmfast::cpu

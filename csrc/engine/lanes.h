@@ -7,7 +7,10 @@
 
 #include <algorithm>
 
+// In the capability's namespace: these templates compile to other code in each CPU capability's
+// build (engine/cpu_capability.h), so the builds must not share their instances.
 namespace mmfast::cpu {
+namespace CPU_CAPABILITY {
 
 template <typename scalar_t>
 scalar_t sum_lanes(const at::vec::Vectorized<scalar_t>& v) {
@@ -37,4 +40,5 @@ scalar_t scalar_value(const at::Tensor& t) {
   return t.to(c10::CppTypeToScalarType<scalar_t>::value).template item<scalar_t>();
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace mmfast::cpu

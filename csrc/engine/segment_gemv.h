@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <optional>
 
+#include "engine/cpu_capability.h"
+
 namespace mmfast::cpu {
 
 // Above this many rows the GEMM libraries win: they reuse each weight load across rows.
@@ -23,5 +25,10 @@ constexpr int64_t kMaxSegmentGemvRows = 4;
 // rows <= kMaxSegmentGemvRows.
 at::Tensor segment_gemv(at::TensorList x_segments, at::TensorList w_segments, const std::optional<at::Tensor>& bias,
                         const at::Tensor& coef, at::TensorList mixed_biases);
+
+// segment_gemv's builds, one per CPU capability (segment_gemv_cpu.cpp); the one above runs the active one.
+using SegmentGemvFn = at::Tensor(at::TensorList, at::TensorList, const std::optional<at::Tensor>&, const at::Tensor&,
+                                 at::TensorList);
+extern CpuKernel<SegmentGemvFn> segment_gemv_kernel;
 
 }  // namespace mmfast::cpu

@@ -16,6 +16,14 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
+def _cpu_info(capability: dict[str, Any] | None) -> dict[str, Any]:
+    """The CPU model, the ISA extensions that decide the kernels' speed, and which build of the
+    CPU kernels runs (``mmfast._backend.cpu_capability()``)."""
+    from mmfast._backend import cpu_description
+
+    return {**cpu_description(), "kernels": capability}
+
+
 def collect_info() -> dict[str, Any]:
     """Versions, the extension's build configuration and load state, and ``backend_info()``."""
     import torch
@@ -40,6 +48,7 @@ def collect_info() -> dict[str, Any]:
             "requested_backend": _backend.requested_backend(),
             "cuda_available": torch.cuda.is_available(),
         },
+        "cpu": _cpu_info(_backend.cpu_capability()),
         "ops": op_table(),
         "backends": mmfast.backend_info(),
     }
@@ -56,6 +65,14 @@ def run_info(as_json: bool = False) -> int:
     print("build:")
     for name, value in info["build"].items():
         print(f"  {name:<18} {value}")
+    cpu = info["cpu"]
+    print("cpu:")
+    print(f"  {'model':<18} {cpu['model']}")
+    print(f"  {'isa':<18} {', '.join(cpu['isa']) or 'none of AVX2, AVX-512, AVX512-BF16, AMX'}")
+    kernels = cpu["kernels"]
+    if kernels is not None:
+        built = ", ".join(kernels["built"])
+        print(f"  {'kernels':<18} {kernels['active']} build of {built} ({kernels['reason']})")
     print("ops (inputs: what the compiled kernels take in this build; triton: what its kernels take):")
     for row in info["ops"]:
         triton = f", triton {row['triton_inputs']}" if row["triton_inputs"] else ""

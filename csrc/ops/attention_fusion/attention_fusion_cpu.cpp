@@ -24,8 +24,10 @@
 #include "engine/segment_linear.h"
 #include "engine/segments.h"
 #include "ops/attention_fusion/attention_fusion.h"
+#include "engine/cpu_capability.h"
 
 namespace mmfast::cpu {
+namespace CPU_CAPABILITY {
 namespace {
 
 using at::vec::Vectorized;
@@ -357,9 +359,10 @@ attention_fusion_backward_cpu(const at::Tensor& grad_output, const std::optional
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
+MMFAST_CPU_KERNELS(m) {
   m.impl("attention_fusion_forward", &attention_fusion_forward_cpu);
   m.impl("attention_fusion_backward", &attention_fusion_backward_cpu);
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace mmfast::cpu

@@ -25,8 +25,10 @@
 #include "engine/lanes.h"
 #include "engine/pairwise.h"
 #include "engine/segment_linear.h"
+#include "engine/cpu_capability.h"
 
 namespace mmfast::cpu {
+namespace CPU_CAPABILITY {
 namespace {
 
 using at::vec::Vectorized;
@@ -277,9 +279,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_loss_backward_cp
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
+MMFAST_CPU_KERNELS(m) {
   m.impl("clip_loss_forward", &clip_loss_forward_cpu);
   m.impl("clip_loss_backward", &clip_loss_backward_cpu);
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace mmfast::cpu

@@ -17,8 +17,10 @@
 #include "ops/concat_linear/concat_linear.h"
 #include "engine/activation_kernels.h"
 #include "engine/segment_linear.h"
+#include "engine/cpu_capability.h"
 
 namespace mmfast::cpu {
+namespace CPU_CAPABILITY {
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> concat_linear_forward_cpu(at::TensorList inputs, const at::Tensor& weight,
@@ -86,9 +88,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> concat_linear_backward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
+MMFAST_CPU_KERNELS(m) {
   m.impl("concat_linear_forward", &concat_linear_forward_cpu);
   m.impl("concat_linear_backward", &concat_linear_backward_cpu);
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace mmfast::cpu

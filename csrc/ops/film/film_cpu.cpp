@@ -21,8 +21,10 @@
 #include "engine/lanes.h"
 #include "engine/segment_linear.h"
 #include "ops/film/film.h"
+#include "engine/cpu_capability.h"
 
 namespace mmfast::cpu {
+namespace CPU_CAPABILITY {
 namespace {
 
 using at::vec::Vectorized;
@@ -207,9 +209,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> film_backward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
+MMFAST_CPU_KERNELS(m) {
   m.impl("film_forward", &film_forward_cpu);
   m.impl("film_backward", &film_backward_cpu);
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace mmfast::cpu

@@ -21,8 +21,10 @@
 #include "engine/compute_type.h"
 #include "engine/segment_linear.h"
 #include "ops/gated_fusion/gated_fusion.h"
+#include "engine/cpu_capability.h"
 
 namespace mmfast::cpu {
+namespace CPU_CAPABILITY {
 namespace {
 
 using at::vec::Vectorized;
@@ -320,9 +322,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_fusion_backward_cpu(const a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
+MMFAST_CPU_KERNELS(m) {
   m.impl("gated_fusion_forward", &gated_fusion_forward_cpu);
   m.impl("gated_fusion_backward", &gated_fusion_backward_cpu);
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace mmfast::cpu

@@ -22,8 +22,10 @@
 #include "engine/lanes.h"
 #include "engine/pairwise.h"
 #include "engine/segment_linear.h"
+#include "engine/cpu_capability.h"
 
 namespace mmfast::cpu {
+namespace CPU_CAPABILITY {
 namespace {
 
 using at::vec::Vectorized;
@@ -162,9 +164,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> siglip_loss_backward_
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
+MMFAST_CPU_KERNELS(m) {
   m.impl("siglip_loss_forward", &siglip_loss_forward_cpu);
   m.impl("siglip_loss_backward", &siglip_loss_backward_cpu);
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace mmfast::cpu
