@@ -264,14 +264,16 @@ VQA_MODEL_DEFAULTS: dict[str, Any] = {
 }
 DATASET_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     # 75 x 75 images of six 11-pixel objects: a strided stem (the objects stay several pixels
-    # wide), coordinates in the FiLM blocks (the relational questions are about distances).
+    # wide) and two stages only (a 19 x 19 map, so that the question modulates features close to
+    # the pixels); coordinates in the FiLM blocks (the relational questions are about distances);
+    # the transformer over a 5 x 5 grid of image tokens, as the RN paper's 5 x 5 cells.
     "sort-of-clevr": {
-        "image_channels": (8, 16, 32),
+        "image_channels": (8, 16),
         "stem_stride": 2,
-        "film_blocks": 4,
+        "film_blocks": 3,
         "film_coords": True,
         "num_layers": 4,
-        "image_grid": 10,
+        "image_grid": 5,
     },
 }
 
