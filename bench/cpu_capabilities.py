@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per build (default 3)")
     parser.add_argument("--only", help="a pytest -k expression to narrow the cases")
-    parser.add_argument("--name", default="RESULTS-cpu-capabilities.md", help="the report's file name in bench/")
+    parser.add_argument(
+        "--name", default="RESULTS-cpu-capabilities.md", help="the report's file name in bench/"
+    )
     args = parser.parse_args(argv)
     builds = supported_builds()
     if len(builds) < 2:

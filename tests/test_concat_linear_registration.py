@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ import torch
 from mmfast import _backend
 from mmfast.ops import ACTIVATIONS, concat_linear, concat_linear_reference, cpu_gemm
 from tests._tolerances import CPU_ENGINES, EXACT, FLOAT32_SMALL, assert_scaled_error
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _args(dtype=torch.float32, lead=(4, 3), sizes=(5, 7, 2), out_features=6, requires_grad=True):
@@ -183,3 +186,27 @@ def test_verbose_gemm_choice_prints_the_site_and_each_candidate_time():
     timed = dict(re.findall(r"(\w+)=([0-9.]+)us", choice.group(1)))
     assert "aten" in timed and all(float(t) > 0 for t in timed.values())
     assert choice.group(2) in timed
+
+
+def test_a_remembered_choice_that_runs_other_sites_does_not_deadlock():
+    """concat_linear.backward's sequential candidate runs the grad_input and grad_weight sites
+    (each tuned, each taking the tuner's lock): once remembered, it must run outside that lock. A
+    fresh process, so that a hang is a timeout here rather than a stuck test run."""
+    code = textwrap.dedent(
+        """
+        import torch
+        from mmfast.ops import concat_linear, cpu_gemm
+        for rows in (1, 1, 1, 64, 64, 64):
+            xs = [torch.randn(rows, 128, requires_grad=True) for _ in range(2)]
+            w = torch.randn(128, 256, requires_grad=True)
+            concat_linear(xs, w, None, "relu").sum().backward()
+        sites = {c.site for c in cpu_gemm.choices()}
+        assert "concat_linear.backward" in sites, sites
+        print("ok")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MMFAST_CPU_GEMM", None)
+    command = [sys.executable, "-c", code]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -31,6 +31,7 @@ ENGINES = (
     "aten_float32",
     "segment_gemv",
     "onednn",
+    "concurrent",
 )
 
 

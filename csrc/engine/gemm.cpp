@@ -278,14 +278,19 @@ at::Tensor run_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate
     }
     return candidates[0].run();
   }
+  std::string remembered;
   {
     std::lock_guard<std::mutex> lock(tune_mutex);
     const auto found = tune_cache().find(key);
     if (found != tune_cache().end()) {
-      for (const auto& candidate : candidates) {
-        if (found->second.engine == candidate.name) {
-          return candidate.run();
-        }
+      remembered = found->second.engine;
+    }
+  }
+  // Run outside the lock: a candidate may itself run GEMM sites (segments_linear_backward's).
+  if (!remembered.empty()) {
+    for (const auto& candidate : candidates) {
+      if (remembered == candidate.name) {
+        return candidate.run();
       }
     }
   }

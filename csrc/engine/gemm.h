@@ -44,8 +44,10 @@ struct TuneKey {
 //   aten_float32      ATen in float32 from bfloat16 / float16 operands, rounded once
 //   segment_gemv      mmfast's own pass over the weight for a few rows (segment_gemv.h)
 //   onednn            oneDNN's matmul with fused bias and activation post-ops
-inline constexpr std::array<const char*, 7> kGemmEngineNames = {
-    "aten", "aten_split_k", "aten_gathered", "aten_cat_weights", "aten_float32", "segment_gemv", "onednn"};
+//   concurrent        a backward's two independent GEMMs at once, one per thread, each single-threaded
+inline constexpr std::array<const char*, 8> kGemmEngineNames = {
+    "aten",         "aten_split_k", "aten_gathered", "aten_cat_weights", "aten_float32",
+    "segment_gemv", "onednn",       "concurrent"};
 
 // Whether `name` is one of kGemmEngineNames.
 bool is_gemm_engine(const std::string& name);

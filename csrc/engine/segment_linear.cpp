@@ -1,6 +1,7 @@
 #include "engine/segment_linear.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <vector>
 
@@ -138,6 +139,46 @@ at::Tensor segments_grad_weight(GemmSite site, const at::Tensor& grad_pre, at::T
                           }});
   }
   return run_fastest(key, candidates);
+}
+
+std::pair<at::Tensor, at::Tensor> segments_linear_backward(const LinearBackwardSites& sites, const at::Tensor& grad_pre,
+                                                           const at::Tensor& w, at::TensorList inputs, int64_t rows,
+                                                           int64_t in_features) {
+  const int64_t out_features = grad_pre.size(1);
+  const auto dtype = grad_pre.scalar_type();
+  at::Tensor grad_input;
+  std::vector<GemmCandidate> candidates = {
+      {"aten",
+       [&] {
+         grad_input = linear_on_fastest_engine(sites.grad_input, grad_pre, w.t(), std::nullopt, Activation::kNone);
+         return segments_grad_weight(sites.grad_weight, grad_pre, inputs, rows, in_features);
+       }},
+  };
+  // Above this many multiply-adds per GEMM, each GEMM's own threads win.
+  constexpr int64_t kConcurrentMaxWork = int64_t{1} << 24;
+  const bool small = rows * out_features * in_features <= kConcurrentMaxWork;
+  if ((dtype == at::kFloat || dtype == at::kDouble) && small && at::get_num_threads() > 1 &&
+      !at::in_parallel_region()) {
+    candidates.push_back({"concurrent", [&] {
+                            at::Tensor input_part, weight_part;
+                            // Inside a parallel region ATen's GEMMs (MKL, oneDNN) run on the calling thread.
+                            at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+                              for (int64_t task = begin; task < end; ++task) {
+                                if (task == 0) {
+                                  input_part = at::mm(grad_pre, w);
+                                } else {
+                                  // gather_segments' scratch buffer is this thread's own.
+                                  weight_part = at::mm(grad_pre.t(), gather_segments(inputs, rows, in_features));
+                                }
+                              }
+                            });
+                            grad_input = input_part;
+                            return weight_part;
+                          }});
+  }
+  const TuneKey key{sites.both, rows, out_features, in_features, dtype, static_cast<int>(inputs.size())};
+  at::Tensor grad_weight = run_fastest(key, candidates);
+  return {grad_input, grad_weight};
 }
 
 at::Tensor matmul_on_fastest_engine(GemmSite site, const at::Tensor& a, const at::Tensor& b) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <utility>
 
 #include "activation.h"
 #include "engine/gemm.h"
@@ -30,6 +31,22 @@ at::Tensor segments_linear(GemmSite site, at::TensorList inputs, const at::Tenso
 // segments; the fastest is used.
 at::Tensor segments_grad_weight(GemmSite site, const at::Tensor& grad_pre, at::TensorList inputs, int64_t rows,
                                 int64_t in_features);
+
+// The GEMM sites of a linear layer's backward over segments.
+struct LinearBackwardSites {
+  GemmSite grad_input;
+  GemmSite grad_weight;
+  GemmSite both;  // the choice between running the two in turn or at once
+};
+
+// grad_pre @ w ([rows, K], the input gradient) and grad_pre.T @ cat(inputs) ([N, K], the weight
+// gradient), each on its fastest engine in turn, or (float32 / float64, small problems, more than
+// one thread) the two at once, one per thread, each single-threaded ("concurrent"): for GEMMs of
+// a few million multiply-adds, waking and joining the threads inside each GEMM costs as much as the
+// arithmetic, so two single-threaded GEMMs side by side finish sooner. Timed like the other sites.
+std::pair<at::Tensor, at::Tensor> segments_linear_backward(const LinearBackwardSites& sites, const at::Tensor& grad_pre,
+                                                           const at::Tensor& w, at::TensorList inputs, int64_t rows,
+                                                           int64_t in_features);
 
 // a @ b for dense matrices. float32 / float64: ATen's mm. bfloat16 / float16: the faster of ATen
 // in that dtype and float32 compute (see float32_linear), whose product comes back in float32 so

@@ -346,7 +346,9 @@ def summarize(
         lines.append(
             f"fusion layer alone, forward + backward at batch {layers['batch_size']:.0f}: "
             f"fused {layers['fused'] * 1e6:.0f} us, reference {layers['reference'] * 1e6:.0f} us: "
-            f"{layers['reference'] / layers['fused']:.2f}x"
+            f"{layers['reference'] / layers['fused']:.2f}x; the layer is "
+            f"{layers['fused'] / fused.median_seconds_per_step * 100:.0f} % of the fused model's "
+            "training step"
         )
     lines.append(
         f"final losses, fused vs reference: train {fused.final_train_loss:.5f} vs "

@@ -72,6 +72,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> concat_linear_backward_cpu(
   }
 
   at::Tensor grad_input = at::empty({0}, options);
+  if (output_mask[0] && output_mask[1] && rows > 0) {
+    auto [input_part, weight_part] = segments_linear_backward(
+        {GemmSite{"concat_linear.grad_input"}, GemmSite{"concat_linear.grad_weight"}, GemmSite{"concat_linear.backward"}},
+        grad_pre, weight, inputs, rows, in_features);
+    return {input_part.view(input_sizes), weight_part, grad_bias};
+  }
   if (output_mask[0]) {
     grad_input = rows == 0 ? at::empty(input_sizes, options)
                            : linear_on_fastest_engine(GemmSite{"concat_linear.grad_input"}, grad_pre, weight.t(),
