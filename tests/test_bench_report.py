@@ -94,7 +94,8 @@ def test_report_shows_the_peak_memory_and_the_largest_batch_within_the_budget(tm
 
 
 def test_machine_description_names_the_isa_extensions():
-    from bench.report import ISA_FLAGS, machine_description
+    from bench.report import machine_description
+    from mmfast._backend import ISA_FLAGS
 
     with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
         flags = set(next(line for line in cpuinfo if line.startswith("flags")).split(":", 1)[1].split())
