@@ -102,6 +102,9 @@ class AttentionFusionFunction : public torch::autograd::Function<AttentionFusion
                                at::TensorList proj_biases, const at::Tensor& score_weight,
                                const std::optional<at::Tensor>& score_bias) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
+    // Gradients of outputs that never reached the loss stay undefined: materialising them would
+    // allocate and zero a tensor the size of the output (the preactivation, the gates) per step.
+    ctx->set_materialize_grads(false);
     auto [output, weights] = forward_op(inputs, proj_weights, proj_biases, score_weight, score_bias);
     const auto count = static_cast<int64_t>(inputs.size());
     ctx->saved_data["count"] = count;

@@ -60,6 +60,9 @@ class ClipLossFunction : public torch::autograd::Function<ClipLossFunction> {
                                const at::Tensor& logit_scale, const std::optional<at::Tensor>& logit_bias,
                                int64_t label_offset, bool symmetric) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
+    // Gradients of outputs that never reached the loss stay undefined: materialising them would
+    // allocate and zero a tensor the size of the output (the preactivation, the gates) per step.
+    ctx->set_materialize_grads(false);
     auto [loss, row_lse, col_lse] = forward_op(image, text, logit_scale, logit_bias, label_offset, symmetric);
     const bool has_bias = logit_bias.has_value() && logit_bias->defined();
     ctx->saved_data["label_offset"] = label_offset;

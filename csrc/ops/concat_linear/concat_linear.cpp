@@ -116,6 +116,9 @@ class ConcatLinearFunction : public torch::autograd::Function<ConcatLinearFuncti
   static variable_list forward(AutogradContext* ctx, at::TensorList inputs, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias, c10::string_view activation, bool save) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
+    // Gradients of outputs that never reached the loss stay undefined: materialising them would
+    // allocate and zero a tensor the size of the output (the preactivation, the gates) per step.
+    ctx->set_materialize_grads(false);
     auto [output, saved] = forward_op(inputs, weight, bias, activation, save);
     const SavedForBackward kind = saved_for_backward(parse_activation(activation));
     std::vector<int64_t> segment_sizes;

@@ -86,6 +86,9 @@ class FilmFunction : public torch::autograd::Function<FilmFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& features, const at::Tensor& condition,
                                const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
+    // Gradients of outputs that never reached the loss stay undefined: materialising them would
+    // allocate and zero a tensor the size of the output (the preactivation, the gates) per step.
+    ctx->set_materialize_grads(false);
     auto [output, modulation] = forward_op(features, condition, weight, bias);
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     // The feature map is read only for gamma's gradient, the condition only for the weight's.

@@ -85,6 +85,9 @@ class GatedFusionFunction : public torch::autograd::Function<GatedFusionFunction
   static variable_list forward(AutogradContext* ctx, at::TensorList inputs, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
+    // Gradients of outputs that never reached the loss stay undefined: materialising them would
+    // allocate and zero a tensor the size of the output (the preactivation, the gates) per step.
+    ctx->set_materialize_grads(false);
     auto [output, gates] = forward_op(inputs, weight, bias);
     ctx->saved_data["count"] = static_cast<int64_t>(inputs.size());
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
