@@ -106,21 +106,3 @@ def benchmark_callable(impl: str, mode: str, problem: Problem, key: tuple) -> Ca
         return torch.autograd.grad(forward(), leaves, problem.grad_output)
 
     return forward_backward
-
-
-def saved_bytes(fn: Callable[[], torch.Tensor], keep_alive: list[torch.Tensor]) -> int:
-    """Bytes that autograd keeps for backward beyond what the caller holds anyway: storages of
-    saved tensors, each counted once, other than those of `keep_alive` (inputs, parameters)."""
-    existing = {t.untyped_storage().data_ptr() for t in keep_alive}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in existing:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    del out
-    return sum(storages.values())

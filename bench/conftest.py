@@ -11,9 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-# Saved-for-backward measurements: (op, shape, dtype, batch) -> {implementation: bytes}.
-SAVED_BYTES: dict[tuple, dict[str, int]] = defaultdict(dict)
-SAVED_FIELDS = ["op", "shape", "dtype", "batch", "mmfast_bytes", "eager_bytes"]
+# Memory of each op in a training graph (bench/held_memory.py): one row per case, its FIELDS.
+HELD_MEMORY: list[dict] = []
 # Peak resident memory of a loss step beyond its inputs: (op, shape, dtype, batch) -> {impl: MiB}.
 PEAK_MEMORY: dict[tuple, dict[str, float]] = defaultdict(dict)
 MEMORY_FIELDS = ["op", "shape", "dtype", "batch", "mmfast_mib", "eager_mib"]
@@ -22,7 +21,7 @@ MEMORY_FIELDS = ["op", "shape", "dtype", "batch", "mmfast_mib", "eager_mib"]
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--ratios-csv", default=None, help="also write the ratio rows to this CSV file")
     parser.addoption(
-        "--saved-csv", default=None, help="also write the saved-for-backward bytes to this CSV file"
+        "--held-csv", default=None, help="also write the training-graph memory rows to this CSV file"
     )
     parser.addoption("--memory-csv", default=None, help="also write the peak-memory rows to this CSV file")
 
@@ -110,20 +109,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
                 )
                 writer.writeheader()
                 writer.writerows(rows)
-    if SAVED_BYTES:
-        path = config.getoption("--saved-csv")
+    if HELD_MEMORY:
+        from bench.held_memory import FIELDS, markdown_table
+
+        path = config.getoption("--held-csv")
         if path:
             with open(path, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(SAVED_FIELDS)
-                for key, values in sorted(SAVED_BYTES.items()):
-                    writer.writerow([*key, values.get("mmfast", ""), values.get("eager", "")])
-        terminalreporter.write_sep("=", "bytes kept for backward beyond inputs and parameters")
-        table = [["op", "shape", "dtype", "batch", "mmfast", "eager", "eager - mmfast"]]
-        for (op, shape, dtype, batch), values in sorted(SAVED_BYTES.items()):
-            fused, eager = values.get("mmfast", math.nan), values.get("eager", math.nan)
-            table.append([op, shape, dtype, str(batch), _mib(fused), _mib(eager), _mib(eager - fused)])
-        _write_table(terminalreporter, table)
+                writer = csv.DictWriter(handle, fieldnames=FIELDS)
+                writer.writeheader()
+                writer.writerows(HELD_MEMORY)
+        terminalreporter.write_sep("=", "memory in a training graph: held by autograd, peak of a step")
+        terminalreporter.write_line(markdown_table(HELD_MEMORY))
 
     if PEAK_MEMORY:
         path = config.getoption("--memory-csv")
@@ -140,10 +136,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             ratio = f"{eager / fused:.1f}" if fused and not math.isnan(eager) else "-"
             table.append([op, shape, dtype, str(batch), f"{fused:.1f}", f"{eager:.1f}", ratio])
         _write_table(terminalreporter, table)
-
-
-def _mib(n: float) -> str:
-    return f"{n / 2**20:.2f} MiB"
 
 
 def _write_table(terminalreporter, table: list[list[str]]) -> None:

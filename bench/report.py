@@ -64,7 +64,7 @@ def versions() -> str:
 def run_benchmarks(
     quick: bool,
     csv_path: Path,
-    saved_csv_path: Path | None = None,
+    held_csv_path: Path | None = None,
     memory_csv_path: Path | None = None,
     only: str | None = None,
     gpu_json_path: Path | None = None,
@@ -83,8 +83,8 @@ def run_benchmarks(
         "--benchmark-columns=min,median,iqr,rounds",
         f"--ratios-csv={csv_path}",
     ]
-    if saved_csv_path is not None:
-        command.append(f"--saved-csv={saved_csv_path}")
+    if held_csv_path is not None:
+        command.append(f"--held-csv={held_csv_path}")
     if memory_csv_path is not None:
         command.append(f"--memory-csv={memory_csv_path}")
     if gpu_json_path is not None:
@@ -150,26 +150,30 @@ def markdown_tables(rows: list[dict[str, str]]) -> str:
     return "\n".join(out)
 
 
-def saved_bytes_table(rows: list[dict[str, str]]) -> str:
-    """Bytes each implementation keeps for backward beyond its inputs and parameters."""
+def held_memory_table(rows: list[dict[str, str]]) -> str:
+    """Memory of each op in a small training graph (bench/held_memory.py): held by autograd after
+    the forward, and the peak of a forward + backward step, mmfast against eager."""
     if not rows:
         return ""
-    out = [
-        "### Kept for backward",
-        "",
-        "Bytes saved for backward beyond the inputs and parameters (concat_linear with gelu); eager",
-        "also keeps the concatenation, and for the fusions the stack of inputs or projections.",
-        "",
-        "| op | shape | dtype | batch | mmfast MiB | eager MiB | eager - mmfast MiB |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        fused, eager = int(row["mmfast_bytes"]), int(row["eager_bytes"])
-        cells = [row["op"], row["shape"], row["dtype"], row["batch"]]
-        cells += [f"{value / 2**20:.2f}" for value in (fused, eager, eager - fused)]
-        out.append("| " + " | ".join(cells) + " |")
-    out.append("")
-    return "\n".join(out)
+    from bench.held_memory import markdown_table
+
+    return "\n".join(
+        [
+            "### Memory in a training graph",
+            "",
+            "Each op's inputs come from an encoder's last layer (`nn.Linear`, or `nn.Linear` + ReLU), the",
+            "losses' from L2-normalised `nn.Linear` outputs (`python -m bench.held_memory`). *held*: every",
+            "storage autograd's saved tensors point to after the forward, encoders included, beyond the",
+            "batch and the parameters. *peak*: the most CPU memory allocated during one forward + backward",
+            "step (parameter gradients included) after three warm-up steps, each implementation in a fresh",
+            "process; it includes what mmfast keeps between steps (*kept*: per-thread scratch buffers the",
+            "size of the concatenation, reused by every fused layer). x = eager / mmfast: above 1, mmfast",
+            "needs less.",
+            "",
+            markdown_table(rows),
+            "",
+        ]
+    )
 
 
 # The memory budget of the "largest batch" column: what a single 8 GiB machine or GPU holds.
@@ -375,7 +379,7 @@ def write_report(
     rows: list[dict[str, str]],
     output_dir: Path,
     quick: bool,
-    saved_rows: list[dict[str, str]] | None = None,
+    held_rows: list[dict[str, str]] | None = None,
     runs: int = 1,
     memory_rows: list[dict[str, str]] | None = None,
     only: str | None = None,
@@ -401,7 +405,7 @@ def write_report(
             "- GPU results are produced by the same command on a GPU machine.",
             "",
             markdown_tables(rows),
-            saved_bytes_table(saved_rows or []),
+            held_memory_table(held_rows or []),
             peak_memory_table(memory_rows or []),
             "" if only else "![speed-ups](speedup.png)",
             "",
@@ -434,23 +438,23 @@ def main(argv: list[str] | None = None) -> int:
     args.name = args.name or "RESULTS.md"
     runs, status = [], 0
     with tempfile.TemporaryDirectory() as tmp:
-        saved_path = Path(tmp) / "saved.csv"
+        held_path = Path(tmp) / "held.csv"
         memory_path = Path(tmp) / "memory.csv"
         for run in range(args.runs):
             csv_path = Path(tmp) / f"ratios{run}.csv"
-            status = run_benchmarks(args.quick, csv_path, saved_path, memory_path, args.only) or status
+            status = run_benchmarks(args.quick, csv_path, held_path, memory_path, args.only) or status
             if csv_path.exists():
                 runs.append(read_rows(csv_path))
         if not runs:
             print("bench.report: the benchmarks produced no results", file=sys.stderr)
             return status or 1
-        saved_rows = read_rows(saved_path) if saved_path.exists() else []
+        held_rows = read_rows(held_path) if held_path.exists() else []
         memory_rows = read_rows(memory_path) if memory_path.exists() else []
         path = write_report(
             best_of_runs(runs),
             args.output_dir,
             args.quick,
-            saved_rows,
+            held_rows,
             args.runs,
             memory_rows,
             args.only,

@@ -16,12 +16,9 @@ from bench.concat_linear_cases import (
     MODES,
     SHAPES,
     benchmark_callable,
-    eager_concat_linear,
     make_problem,
-    saved_bytes,
 )
-from bench.conftest import SAVED_BYTES, time_case
-from mmfast.ops import concat_linear
+from bench.conftest import time_case
 
 QUICK_SHAPE = "768+512+128->512"
 
@@ -50,17 +47,3 @@ def test_concat_linear(benchmark, shape, batch, dtype, mode, impl):
         time_case(
             benchmark, fn, op="concat_linear", impl=impl, mode=mode, dtype=dtype, shape=shape, batch=batch
         )
-
-
-@pytest.mark.parametrize("batch", [pytest.param(1024, marks=pytest.mark.quick), 4096])
-@pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("shape", list(SHAPES))
-def test_saved_for_backward(shape, dtype, batch):
-    """The fused op keeps less for backward than eager, by exactly the concatenation."""
-    problem = make_problem(shape, batch, DTYPES[dtype], requires_grad=True)
-    keep = problem.leaves
-    fused = saved_bytes(lambda: concat_linear(problem.inputs, problem.weight, problem.bias, "gelu"), keep)
-    eager = saved_bytes(lambda: eager_concat_linear(problem.inputs, problem.weight, problem.bias), keep)
-    SAVED_BYTES[("concat_linear", shape, dtype, batch)] = {"mmfast": fused, "eager": eager}
-    concatenation = problem.concatenated.numel() * problem.concatenated.element_size()
-    assert eager - fused == concatenation

@@ -9,11 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.concat_linear_cases import saved_bytes
-from bench.conftest import SAVED_BYTES
-from bench.fusion_cases import DTYPES, SHAPES, cases, make_problem, run_case
-from mmfast.ops import gated_fusion_reference
-from mmfast.ops.gated_fusion import gated_fusion
+from bench.fusion_cases import cases, run_case
 
 OP = "gated_fusion"
 
@@ -27,20 +23,3 @@ def test_gated_fusion_cpu(benchmark, shape, batch, dtype, mode, impl):
 @pytest.mark.parametrize(("shape", "batch", "dtype", "mode", "impl"), list(cases(OP, "cuda")))
 def test_gated_fusion_cuda(benchmark, shape, batch, dtype, mode, impl):
     run_case(benchmark, "cuda", OP, shape, batch, dtype, mode, impl)
-
-
-# Not timed, so cheap enough for the quick set.
-@pytest.mark.quick
-@pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("shape", list(SHAPES[OP]))
-def test_gated_fusion_saved_for_backward(shape, dtype):
-    """The fused op keeps less for backward than eager, which keeps the concatenation, the stack
-    and the gates' intermediates."""
-    batch = 1024
-    problem = make_problem(OP, shape, batch, DTYPES[dtype], requires_grad=True)
-    fused = saved_bytes(lambda: gated_fusion(*problem.args), problem.leaves)
-    eager = saved_bytes(lambda: gated_fusion_reference(*problem.args), problem.leaves)
-    SAVED_BYTES[(OP, shape, dtype, batch)] = {"mmfast": fused, "eager": eager}
-    inputs = problem.args[0]
-    concatenation = sum(x.numel() for x in inputs) * inputs[0].element_size()
-    assert eager - fused >= concatenation

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from bench.conftest import SAVED_FIELDS
+from bench.held_memory import FIELDS as HELD_FIELDS
 from bench.report import best_of_runs, read_rows, write_report
 
 FIELDS = ["op", "mode", "dtype", "shape", "batch", "mmfast_ms", "speedup_vs_compile", "speedup_vs_eager"]
@@ -47,20 +47,25 @@ def test_report_has_machine_versions_command_and_a_table_per_op(tmp_path: Path):
     assert "![speed-ups](speedup.png)" in text
 
 
-def test_report_shows_the_bytes_kept_for_backward(tmp_path: Path):
+def test_report_shows_the_memory_in_a_training_graph(tmp_path: Path):
     _write_csv(tmp_path / "ratios.csv")
-    with open(tmp_path / "saved.csv", "w", newline="", encoding="utf-8") as handle:
+    with open(tmp_path / "held.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(SAVED_FIELDS)
-        writer.writerow(["concat_linear", "768+512+128->512", "float32", "1024", 2 * 2**20, 15 * 2**19])
+        writer.writerow(HELD_FIELDS)
+        writer.writerow(
+            ["concat_linear", "768+512+128->512 gelu", "relu", "float32", "1024"]
+            + [15 * 2**19, 13 * 2**20, 27 * 2**20 + 2**18, 23 * 2**20 + 2**18, 11 * 2**19, 0]
+        )
     text = write_report(
-        read_rows(tmp_path / "ratios.csv"), tmp_path, quick=True, saved_rows=read_rows(tmp_path / "saved.csv")
+        read_rows(tmp_path / "ratios.csv"), tmp_path, quick=True, held_rows=read_rows(tmp_path / "held.csv")
     ).read_text(encoding="utf-8")
-    assert "### Kept for backward" in text
-    assert "| concat_linear | 768+512+128->512 | float32 | 1024 | 2.00 | 7.50 | 5.50 |" in text
+    assert "### Memory in a training graph" in text
+    # held 7.5 vs 13 MiB (x 1.73), peak 27.25 vs 23.25 MiB (x 0.85), 5.5 MiB kept between steps.
+    expected = "| concat_linear | 768+512+128->512 gelu | relu | float32 | 1024 | 7.50 | 13.00 | 1.73 |"
+    assert expected + " 27.25 | 23.25 | 0.85 | 5.50 |" in text
     # Without measurements the section is left out.
     without = write_report(read_rows(tmp_path / "ratios.csv"), tmp_path, quick=True)
-    assert "Kept for backward" not in without.read_text(encoding="utf-8")
+    assert "Memory in a training graph" not in without.read_text(encoding="utf-8")
 
 
 def test_several_runs_keep_each_implementations_best_time():
