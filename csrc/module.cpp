@@ -10,6 +10,9 @@
 //   cpu_gemm_force(name or None) -> the previously forced engine or None
 //   cpu_gemm_choices() -> list of dicts, one per remembered choice, oldest first
 //   cpu_gemm_reset() -> None (forgets the remembered choices)
+// the engine's per-thread scratch buffers (csrc/engine/segments.h):
+//   cpu_scratch_bytes() -> bytes they hold now
+//   cpu_scratch_release() -> bytes released (frees them all)
 // and which build of the CPU kernels runs (csrc/engine/cpu_capability.h):
 //   cpu_capability() -> {"active": name, "built": (names, lowest first), "supported": (the built
 //                        ones this CPU runs), "reason": how the active one was chosen}
@@ -26,6 +29,7 @@
 #include "engine/checks.h"
 #include "engine/cpu_capability.h"
 #include "engine/gemm.h"
+#include "engine/segments.h"
 
 // The namespace is declared here once; the ops add to it.
 TORCH_LIBRARY(mmfast, m) {}
@@ -164,6 +168,14 @@ PyObject* cpu_gemm_reset(PyObject*, PyObject*) {
   });
 }
 
+PyObject* cpu_scratch_bytes(PyObject*, PyObject*) {
+  return translating_errors([] { return PyLong_FromLongLong(mmfast::cpu::scratch_bytes()); });
+}
+
+PyObject* cpu_scratch_release(PyObject*, PyObject*) {
+  return translating_errors([] { return PyLong_FromLongLong(mmfast::cpu::release_scratch_buffers()); });
+}
+
 PyObject* cpu_capability(PyObject*, PyObject*) {
   return translating_errors([]() -> PyObject* {
     using mmfast::cpu::Capability;
@@ -200,6 +212,10 @@ PyMethodDef methods[] = {
      "Forces a CPU GEMM engine by name (None or 'auto': the timed choice); returns the previous one."},
     {"cpu_gemm_choices", cpu_gemm_choices, METH_NOARGS, "The CPU GEMM tuner's remembered choices, oldest first."},
     {"cpu_gemm_reset", cpu_gemm_reset, METH_NOARGS, "Forgets the CPU GEMM tuner's remembered choices."},
+    {"cpu_scratch_bytes", cpu_scratch_bytes, METH_NOARGS,
+     "Bytes the CPU engine's per-thread scratch buffers (the gathered concatenations) hold now."},
+    {"cpu_scratch_release", cpu_scratch_release, METH_NOARGS,
+     "Frees the CPU engine's per-thread scratch buffers; returns the bytes released."},
     {"cpu_capability", cpu_capability, METH_NOARGS,
      "Which build of the CPU kernels runs (active), which were built, which this CPU runs, and why."},
     {nullptr, nullptr, 0, nullptr},

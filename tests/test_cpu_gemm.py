@@ -205,11 +205,70 @@ def test_threads_share_the_state_safely():
 
 def test_without_the_extension_every_function_is_a_clear_runtime_error(monkeypatch):
     monkeypatch.setattr(_backend, "_extension_loaded", False)
-    for call in (cpu_gemm.engines, cpu_gemm.forced, cpu_gemm.choices, cpu_gemm.reset):
+    calls = (cpu_gemm.engines, cpu_gemm.forced, cpu_gemm.choices, cpu_gemm.reset, cpu_gemm.scratch_bytes)
+    for call in (*calls, cpu_gemm.release_scratch):
         with pytest.raises(RuntimeError, match="needs the compiled extension"):
             call()
     with pytest.raises(RuntimeError, match="needs the compiled extension"):
         cpu_gemm.force("aten")
+
+
+def test_scratch_buffers_are_counted_and_released_and_the_ops_still_run():
+    torch.manual_seed(0)
+    rows, sizes = 300, (70, 50)
+    inputs = [torch.randn(rows, d) for d in sizes]
+    weight, bias = torch.randn(40, sum(sizes)), torch.randn(40)
+    expected = torch.relu(torch.cat(inputs, -1) @ weight.T + bias)
+    cpu_gemm.release_scratch()
+    assert cpu_gemm.scratch_bytes() == 0
+    # A gathering engine gathers the two segments into this thread's scratch buffer.
+    with cpu_gemm.force("aten_gathered"):
+        first = concat_linear(inputs, weight, bias, "relu")
+    held = cpu_gemm.scratch_bytes()
+    assert held >= rows * sum(sizes) * 4
+    # Reused, not grown, by a call of the same size.
+    with cpu_gemm.force("aten_gathered"):
+        concat_linear(inputs, weight, bias, "relu")
+    assert cpu_gemm.scratch_bytes() == held
+    assert cpu_gemm.release_scratch() == held
+    assert cpu_gemm.scratch_bytes() == 0
+    with cpu_gemm.force("aten_gathered"):
+        again = concat_linear(inputs, weight, bias, "relu")
+    torch.testing.assert_close(first, expected, **FLOAT32_SMALL)
+    torch.testing.assert_close(again, first, **EXACT)
+
+
+def test_scratch_of_other_threads_is_released_too():
+    inputs = [torch.randn(200, 30), torch.randn(200, 20)]
+    weight = torch.randn(16, 50)
+    cpu_gemm.release_scratch()
+
+    def run():
+        with cpu_gemm.force("aten_gathered"):
+            concat_linear(inputs, weight, None, "none")
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    # The thread has exited: its buffers went with it.
+    assert cpu_gemm.scratch_bytes() == 0
+    barrier, done = threading.Barrier(2), threading.Event()
+
+    def run_and_wait():
+        run()
+        barrier.wait()
+        done.wait()
+
+    thread = threading.Thread(target=run_and_wait)
+    thread.start()
+    barrier.wait()
+    try:
+        assert cpu_gemm.scratch_bytes() >= 200 * 50 * 4
+        assert cpu_gemm.release_scratch() >= 200 * 50 * 4
+        assert cpu_gemm.scratch_bytes() == 0
+    finally:
+        done.set()
+        thread.join()
 
 
 def _run(script: str, engine: str) -> subprocess.CompletedProcess:

@@ -3,19 +3,90 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 namespace mmfast::cpu {
-// Grows, never shrinks: a training loop asks for the same size every step.
+namespace {
+
+constexpr size_t kScratchSlots = 3;
+
+// One thread's buffers. Its owner locks `mutex` on every call (uncontended: tens of nanoseconds);
+// release_scratch_buffers() and scratch_bytes() lock it from other threads.
+struct ThreadScratch {
+  std::mutex mutex;
+  std::array<at::Tensor, kScratchSlots> buffers;
+};
+
+// Every live thread's buffers (the OpenMP workers' too), so that they can be counted and released
+// from any thread. Leaked on purpose: threads' thread_local destructors run after static ones.
+struct ScratchRegistry {
+  std::mutex mutex;
+  std::vector<ThreadScratch*> threads;
+};
+ScratchRegistry& registry() {
+  static auto* instance = new ScratchRegistry();
+  return *instance;
+}
+
+struct RegisteredScratch {
+  ThreadScratch scratch;
+  RegisteredScratch() {
+    std::lock_guard<std::mutex> lock(registry().mutex);
+    registry().threads.push_back(&scratch);
+  }
+  ~RegisteredScratch() {
+    std::lock_guard<std::mutex> lock(registry().mutex);
+    auto& threads = registry().threads;
+    threads.erase(std::remove(threads.begin(), threads.end(), &scratch), threads.end());
+  }
+};
+
+ThreadScratch& this_thread_scratch() {
+  thread_local RegisteredScratch registered;
+  return registered.scratch;
+}
+
+// Calls `visit(buffer)` on every defined buffer of every thread; returns the bytes visited.
+template <typename Visit>
+int64_t for_each_scratch_buffer(Visit visit) {
+  int64_t bytes = 0;
+  std::lock_guard<std::mutex> lock(registry().mutex);
+  for (ThreadScratch* thread : registry().threads) {
+    std::lock_guard<std::mutex> own(thread->mutex);
+    for (at::Tensor& buffer : thread->buffers) {
+      if (buffer.defined()) {
+        bytes += static_cast<int64_t>(buffer.storage().nbytes());
+        visit(buffer);
+      }
+    }
+  }
+  return bytes;
+}
+
+}  // namespace
+
+// Grows, never shrinks by itself: a training loop asks for the same size every step.
 at::Tensor scratch_buffer(ScratchSlot slot, int64_t numel, const at::TensorOptions& options) {
-  thread_local std::array<at::Tensor, 3> buffers;
-  at::Tensor& buffer = buffers.at(static_cast<size_t>(slot));
+  ThreadScratch& scratch = this_thread_scratch();
+  std::lock_guard<std::mutex> lock(scratch.mutex);
+  at::Tensor& buffer = scratch.buffers.at(static_cast<size_t>(slot));
   if (!buffer.defined() || buffer.numel() < numel || buffer.scalar_type() != options.dtype().toScalarType()) {
     buffer = at::empty({numel}, options);
   }
+  // The view keeps the storage alive: a buffer released while an op uses it is freed after the op.
   return buffer.narrow(0, 0, numel);
+}
+
+int64_t scratch_bytes() {
+  return for_each_scratch_buffer([](at::Tensor&) {});
+}
+
+int64_t release_scratch_buffers() {
+  return for_each_scratch_buffer([](at::Tensor& buffer) { buffer.reset(); });
 }
 
 at::Tensor gather_segments(at::TensorList inputs, int64_t rows, int64_t in_features) {

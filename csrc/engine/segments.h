@@ -22,4 +22,12 @@ at::Tensor gather_segments_float32(at::TensorList inputs, int64_t rows, int64_t 
 enum class ScratchSlot : int { kGather = 0, kScaledInputs = 1, kFloatGather = 2 };
 at::Tensor scratch_buffer(ScratchSlot slot, int64_t numel, const at::TensorOptions& options);
 
+// Bytes the scratch buffers of every thread hold now (each buffer the size of the largest request
+// its slot has had: for the gather, the largest concatenation any fused layer ran).
+int64_t scratch_bytes();
+
+// Frees every thread's scratch buffers (a buffer an op is using right now is freed when that op
+// is done with it); the next call allocates afresh. Returns the bytes released.
+int64_t release_scratch_buffers();
+
 }  // namespace mmfast::cpu
