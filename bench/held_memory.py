@@ -40,6 +40,7 @@ from mmfast.ops import (
     attention_fusion_reference,
     clip_loss,
     concat_linear,
+    cpu_gemm,
     film,
     film_reference,
     gated_fusion,
@@ -266,6 +267,7 @@ CASE_BY_OP = {case.op: case for case in CASES}
 FIELDS = [
     "op", "shape", "encoder", "dtype", "batch",
     "mmfast_held", "eager_held", "mmfast_peak", "eager_peak", "mmfast_kept", "eager_kept",
+    "mmfast_scratch", "eager_scratch",
 ]
 
 
@@ -277,7 +279,7 @@ def measure_here(op: str, ending: str, dtype: str, impl: str) -> dict[str, int]:
     figures = step_memory(graph)
     held, out = held_bytes(graph.forward, graph.caller_holds)
     del out
-    return {"held": held, **figures}
+    return {"held": held, **figures, "scratch": cpu_gemm.scratch_bytes()}
 
 
 def measure(case: Case, ending: str, dtype: str) -> dict[str, object]:

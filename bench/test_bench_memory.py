@@ -37,4 +37,6 @@ def test_memory_in_a_training_graph(case, ending, dtype):
     else:
         # The stack of inputs / projections, the B x B logits: eager keeps them, mmfast does not.
         assert fused < eager
-    assert row["mmfast_peak"] > 0 and row["eager_peak"] > 0
+    # What stays allocated between steps is the engine's scratch buffers, nothing else.
+    assert row["mmfast_kept"] == row["mmfast_scratch"]
+    assert row["eager_kept"] == row["eager_scratch"] == 0
