@@ -13,10 +13,14 @@ backward keeps anyway); the contrastive losses get L2-normalised embeddings, as 
 - **held**: every storage autograd's saved tensors point to after the forward (through
   ``torch.autograd.graph.saved_tensors_hooks``, each storage once, views included), other than those
   the caller holds anyway (the raw batch, the parameters): the encoders' and the op's together.
-- **peak**: the most memory allocated at any moment of the forward + backward step beyond what
-  existed before it (the CPU allocator's running total, read through the profiler's allocation
-  events), parameter gradients included (they are set to None before the step, as
-  ``zero_grad()`` does): the figure that decides the largest batch that fits.
+- **peak**: the most memory allocated at any moment of a forward + backward step after three
+  warm-up steps (the profiler's allocation events), parameter gradients included (set to None
+  before the step, as ``zero_grad()`` does) and what the warm-up left allocated (mmfast's scratch
+  buffers): the figure that decides the largest batch that fits.
+- **kept**: what stays allocated between steps other than the gradients.
+
+Each implementation runs in a fresh process, so that no earlier case's scratch buffers or tuning
+results count for it. The counting itself is :mod:`mmfast.train.memory`, which the demo uses too.
 """
 
 from __future__ import annotations
@@ -47,28 +51,11 @@ from mmfast.ops import (
     gated_fusion_reference,
     siglip_loss,
 )
+from mmfast.train.memory import saved_tensor_bytes, step_memory
 
 IMPLEMENTATIONS = ("mmfast", "eager")
 ENCODER_ENDINGS = ("linear", "relu")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def held_bytes(forward: Callable[[], object], caller_holds: list[torch.Tensor]) -> tuple[int, object]:
-    """Bytes of every storage that autograd saves while `forward` runs, each counted once, other than
-    the storages of `caller_holds`; returns them with `forward`'s result (keep it alive until the
-    figure is read: the saved tensors live as long as the graph)."""
-    existing = {t.untyped_storage().data_ptr() for t in caller_holds}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in existing:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        result = forward()
-    return sum(storages.values()), result
 
 
 @dataclass
@@ -86,12 +73,8 @@ class Graph:
         held = [*self.raw, *self.parameters]
         return held if self.grad_output is None else [*held, self.grad_output]
 
-    def zero_grad(self) -> None:
-        for p in self.parameters:
-            p.grad = None
-
     def step(self) -> None:
-        """Forward and backward; the gradients accumulate (call zero_grad first for fresh ones)."""
+        """Forward and backward (the parameters' gradients accumulate)."""
         self.forward().backward(self.grad_output)
 
 
@@ -200,57 +183,6 @@ def _contrastive_graph(loss: str, dim: int) -> Callable[..., Graph]:
     return build
 
 
-def step_memory(graph: Graph, warmup_steps: int = 3) -> dict[str, int]:
-    """Peak and kept bytes of one training step of `graph`, after `warmup_steps` steps.
-
-    Read from the profiler's allocation events, that is every allocation and free of the c10 CPU
-    allocator (ATen's, the C++ kernels', oneDNN's scratchpads), so the figures are exact and the same
-    from run to run rather than resident-set estimates. Counted from the moment the graph exists
-    (parameters, raw batch and gradient of the output allocated): what the warm-up steps left
-    allocated (first-use tuning results, scratch buffers reused from step to step, primitive caches)
-    counts towards the step's peak, as it does in a training loop.
-
-    Returns ``peak``, the most bytes allocated at any moment of the measured step, and ``kept``, the
-    bytes still allocated after it other than the parameters' gradients.
-    """
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile, record_function
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        for _ in range(warmup_steps):  # first-use GEMM tuning, oneDNN primitives, scratch buffers
-            graph.step()
-        graph.zero_grad()  # as an optimiser does before the step: the old gradients are freed
-        with record_function(_MEASURED):
-            graph.step()
-    allocations, window = [], None
-    pending = list(prof.profiler.kineto_results.experimental_event_tree())
-    while pending:
-        event = pending.pop()
-        if event.tag == _EventType.Allocation:
-            fields = event.extra_fields
-            allocations.append((event.start_time_ns, fields.alloc_size, fields.ptr))
-        elif event.name == _MEASURED:
-            window = (event.start_time_ns, event.end_time_ns)
-        pending.extend(event.children)
-    if window is None:
-        raise RuntimeError("step_memory: the profiler recorded no measured step")
-    live: dict[int, int] = {}
-    allocated = peak = 0
-    for time_ns, size, ptr in sorted(allocations):
-        if size > 0:
-            live[ptr] = size
-            allocated += size
-        elif ptr in live:  # frees of blocks that existed before profiling are not ours to count
-            allocated -= live.pop(ptr)
-        if window[0] <= time_ns <= window[1]:
-            peak = max(peak, allocated)
-    gradients = sum(p.grad.untyped_storage().nbytes() for p in graph.parameters if p.grad is not None)
-    return {"peak": peak, "kept": allocated - gradients}
-
-
-_MEASURED = "bench.held_memory.measured_step"
-
-
 CASES: tuple[Case, ...] = (
     Case(
         "concat_linear", "768+512+128->512 gelu", 1024, _vector_fusion("concat_linear", [768, 512, 128], 512)
@@ -276,8 +208,8 @@ def measure_here(op: str, ending: str, dtype: str, impl: str) -> dict[str, int]:
     in a fresh one, where no earlier case left scratch buffers or tuning results behind."""
     case = CASE_BY_OP[op]
     graph = case.build(impl, ending, DTYPES[dtype], case.batch)
-    figures = step_memory(graph)
-    held, out = held_bytes(graph.forward, graph.caller_holds)
+    figures = step_memory(graph.step, graph.parameters)
+    held, out = saved_tensor_bytes(graph.forward, graph.caller_holds)
     del out
     return {"held": held, **figures, "scratch": cpu_gemm.scratch_bytes()}
 

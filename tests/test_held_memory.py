@@ -1,5 +1,6 @@
-"""The memory figures of bench/held_memory.py count what they say, on graphs whose allocations are
-known; and the fused ops' backward allocates no zero gradient for outputs that never reached the loss."""
+"""The memory figures of mmfast.train.memory (the demo's and bench/held_memory.py's) count what they
+say, on graphs whose allocations are known; and the fused ops' backward allocates no zero gradient
+for outputs that never reached the loss."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 import mmfast.ops as ops
-from bench.held_memory import Graph, held_bytes, step_memory
+from mmfast.train.memory import saved_tensor_bytes, step_memory
 
 N = 1 << 16  # 256 KiB of float32
 
@@ -21,18 +22,17 @@ def test_held_bytes_counts_each_saved_storage_once_and_not_what_the_caller_holds
         y = x.exp()  # exp saves its output
         return y * y.t()  # mul saves y twice (y and a view of it)
 
-    held, out = held_bytes(forward, [x])
+    held, out = saved_tensor_bytes(forward, [x])
     assert held == N * 4
     assert out.shape == (N,)
     # x.sin() saves its input x, which the caller holds: nothing is counted.
-    assert held_bytes(lambda: x.sin(), [x])[0] == 0
+    assert saved_tensor_bytes(lambda: x.sin(), [x])[0] == 0
 
 
 def test_step_memory_peak_and_kept_of_a_known_step():
     weight = torch.randn(N, requires_grad=True)
     raw = torch.randn(N)
-    graph = Graph(lambda: (raw * weight).sum(), [weight], [raw], None)
-    figures = step_memory(graph, warmup_steps=1)
+    figures = step_memory(lambda: (raw * weight).sum().backward(), [weight], warmup_steps=1)
     # The product [N] lives until the sum is taken; weight.grad [N] is allocated in the backward,
     # after the product is gone: the peak is one [N] tensor (plus a few scalars).
     assert N * 4 <= figures["peak"] <= N * 4 + 4096

@@ -39,6 +39,19 @@ def test_summary_reports_gains_and_speed() -> None:
     assert "+3.5 points" in lines[1]
 
 
+def test_summary_reports_the_training_step_memory_of_both_twins() -> None:
+    fused = _run("clean", "concat", 0.99, 0.030)
+    reference = _run("clean", "concat (reference)", 0.99, 0.033)
+    layers = {"fused": 20e-6, "reference": 30e-6, "batch_size": 64.0}
+    layers |= {"fused_peak_bytes": 3 * 2**20, "reference_peak_bytes": 2**22, "fused_held_bytes": 2**20}
+    layers |= {"reference_held_bytes": 2**21}
+    line = next(x for x in summarize(_results(0.99, 0.995), fused, reference, layers) if "memory" in x)
+    assert line == (
+        "training step memory at batch 64: peak fused 3.00 MiB, reference 4.00 MiB; "
+        "held by autograd after the forward 1.00 vs 2.00 MiB"
+    )
+
+
 def test_summary_shows_results_not_internal_targets() -> None:
     fused = _run("clean", "concat", 0.99, 0.030)
     reference = _run("clean", "concat (reference)", 0.99, 0.030)

@@ -33,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmfast.train.config import TrainConfig
+from mmfast.train.memory import saved_tensor_bytes, step_memory
 from mmfast.train.trainer import TIMING_WARMUP_STEPS, Trainer
 
 NOISY_IMAGES = {"corrupt_images": "noise", "corruption_strength": 0.5}
@@ -275,7 +277,34 @@ def train_twins(
             flush=True,
         )
     layers = time_fusion_layers(trainers["fused"].model, trainers["reference"].model, config.batch_size)
+    layers |= {
+        f"{name}_{figure}": value
+        for name, trainer in trainers.items()
+        for figure, value in training_step_memory(trainer).items()
+    }
     return fused, reference, layers
+
+
+def training_step_memory(trainer: Trainer) -> dict[str, int]:
+    """Bytes of one training step of `trainer`'s model on its first training batch (forward, loss
+    and backward; no optimizer step): ``held``, what autograd holds after the forward beyond the
+    batch and the parameters, and ``peak``, the most allocated at any moment of the step (parameter
+    gradients included, see :func:`mmfast.train.memory.step_memory`)."""
+    model = trainer.model
+    batch = trainer._to_device(next(iter(trainer._train_loader(0))))
+    labels = batch.pop("label")
+    parameters = list(model.parameters())
+    model.train()
+
+    def loss() -> torch.Tensor:
+        with trainer._autocast():
+            return F.cross_entropy(model(batch).float(), labels)
+
+    figures = step_memory(lambda: loss().backward(), parameters)
+    held, out = saved_tensor_bytes(loss, [*parameters, *batch.values()])
+    del out
+    model.zero_grad(set_to_none=True)
+    return {"held_bytes": held, "peak_bytes": figures["peak"]}
 
 
 def time_fusion_layers(
@@ -349,6 +378,14 @@ def summarize(
             f"{layers['reference'] / layers['fused']:.2f}x; the layer is "
             f"{layers['fused'] / fused.median_seconds_per_step * 100:.0f} % of the fused model's "
             "training step"
+        )
+    if layers and "fused_peak_bytes" in layers:
+        mib = {key: value / 2**20 for key, value in layers.items() if key.endswith("_bytes")}
+        lines.append(
+            f"training step memory at batch {layers['batch_size']:.0f}: peak fused "
+            f"{mib['fused_peak_bytes']:.2f} MiB, reference {mib['reference_peak_bytes']:.2f} MiB; "
+            "held by autograd after the forward "
+            f"{mib['fused_held_bytes']:.2f} vs {mib['reference_held_bytes']:.2f} MiB"
         )
     lines.append(
         f"final losses, fused vs reference: train {fused.final_train_loss:.5f} vs "
