@@ -15,8 +15,8 @@ for the process. This module reads and sets that state:
 
 Where a GEMM reads several input segments as one matrix, the engine gathers them into a scratch
 buffer that each thread keeps from call to call, the size of the largest concatenation that
-thread has gathered: allocated afresh each call, the fused layers' forward ran 1.1-1.6x slower on
-a 2-core AMD EPYC Zen 5 (page faults on fresh memory). One buffer serves every fused layer, so a
+thread has gathered: allocated afresh each call, the fused layers' forward ran 1.1-1.6x slower at
+batch 64 on a 2-core AMD EPYC Zen 5 (page faults on fresh memory). One buffer serves every fused layer, so a
 model pays it once, not once per layer as eager code's ``torch.cat`` results are;
 :func:`release_scratch` gives it back (after a large-batch evaluation, say).
 
