@@ -1,4 +1,5 @@
 #include "engine/gemm.h"
+#include "engine/segments.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -383,6 +384,9 @@ at::Tensor run_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate
     tune_cache().insert_or_assign(key, Remembered{candidates[best].name, shape_key.m, shape_key.n, shape_key.k,
                                                   std::move(best_seconds), next_order++});
   }
+  // The candidates grew scratch buffers that the one chosen may never use again (a float32 gather
+  // beside the bfloat16 one): free them, once per size class; the chosen engine allocates its own.
+  release_scratch_buffers();
   return candidates[best].run();
 }
 
