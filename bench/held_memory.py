@@ -37,18 +37,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.concat_linear_cases import ACTIVATION as CONCAT_ACTIVATION
 from bench.concat_linear_cases import eager_concat_linear
+from bench.concat_linear_cases import make_problem as concat_linear_problem
 from bench.contrastive_memory import eager_clip, eager_siglip
+from bench.fusion_cases import FUSED, REFERENCE
+from bench.fusion_cases import make_problem as fusion_problem
 from mmfast.ops import (
-    attention_fusion,
-    attention_fusion_reference,
     clip_loss,
     concat_linear,
     cpu_gemm,
     film,
     film_reference,
-    gated_fusion,
-    gated_fusion_reference,
     siglip_loss,
 )
 from mmfast.train.memory import saved_tensor_bytes, step_memory
@@ -101,40 +101,33 @@ def _encoders(modules: list[nn.Module], ending: str, dtype: torch.dtype):
     return encode, [p for m in modules for p in m.parameters()]
 
 
-def _vector_fusion(op: str, dims: list[int], out_features: int | None) -> Callable[..., Graph]:
+def _vector_fusion(op: str, shape: str) -> Callable[..., Graph]:
+    """The vector ops' graphs, on the benchmark's own problems (bench/concat_linear_cases.py,
+    bench/fusion_cases.py): their inputs become the raw batch the encoders read."""
+
     def build(impl: str, ending: str, dtype: torch.dtype, batch: int) -> Graph:
         torch.manual_seed(0)
-        encode, parameters = _encoders([nn.Linear(d, d) for d in dims], ending, dtype)
-        raw = [torch.randn(batch, d).to(dtype) for d in dims]
-        total = sum(dims)
         if op == "concat_linear":
-            weight = _param(out_features, total, dtype=dtype, scale=total**-0.5)
-            bias = _param(out_features, dtype=dtype)
-            args = [weight, bias]
+            problem = concat_linear_problem(shape, batch, dtype, requires_grad=True)
+            inputs, parameters = problem.inputs, [problem.weight, problem.bias]
 
             def fuse(features):
                 if impl == "mmfast":
-                    return concat_linear(features, weight, bias, "gelu")
-                return eager_concat_linear(features, weight, bias)
-        elif op == "gated_fusion":
-            logits = dims[0] if len(dims) == 2 else total
-            args = [_param(logits, total, dtype=dtype, scale=total**-0.5), _param(logits, dtype=dtype)]
-            fn = gated_fusion if impl == "mmfast" else gated_fusion_reference
-
-            def fuse(features):
-                return fn(features, *args)
+                    return concat_linear(features, problem.weight, problem.bias, CONCAT_ACTIVATION)
+                return eager_concat_linear(features, problem.weight, problem.bias)
         else:
-            projections = [_param(out_features, d, dtype=dtype, scale=d**-0.5) for d in dims]
-            biases = [_param(out_features, dtype=dtype) for _ in dims]
-            score = [_param(len(dims), total, dtype=dtype, scale=total**-0.5), _param(len(dims), dtype=dtype)]
-            args = [*projections, *biases, *score]
-            fn = attention_fusion if impl == "mmfast" else attention_fusion_reference
+            problem = fusion_problem(op, shape, batch, dtype, requires_grad=True)
+            inputs = problem.args[0]
+            parameters = problem.leaves[len(inputs):]
+            op_fn = (FUSED if impl == "mmfast" else REFERENCE)[op]
 
             def fuse(features):
-                return fn(features, projections, biases, *score)
+                return op_fn(features, *problem.args[1:])
 
-        grad_output = torch.randn(batch, out_features or dims[0]).to(dtype)
-        return Graph(lambda: fuse(encode(raw)), [*parameters, *args], raw, grad_output)
+        raw = [x.detach() for x in inputs]
+        widths = [x.shape[-1] for x in raw]
+        encode, encoder_parameters = _encoders([nn.Linear(d, d) for d in widths], ending, dtype)
+        return Graph(lambda: fuse(encode(raw)), [*encoder_parameters, *parameters], raw, problem.grad_output)
 
     return build
 
@@ -183,13 +176,12 @@ def _contrastive_graph(loss: str, dim: int) -> Callable[..., Graph]:
     return build
 
 
+CONCAT_SHAPE = "768+512+128->512"
 CASES: tuple[Case, ...] = (
+    Case("concat_linear", "768+512+128->512 gelu", 1024, _vector_fusion("concat_linear", CONCAT_SHAPE)),
+    Case("gated_fusion", "2x512", 1024, _vector_fusion("gated_fusion", "2x512")),
     Case(
-        "concat_linear", "768+512+128->512 gelu", 1024, _vector_fusion("concat_linear", [768, 512, 128], 512)
-    ),
-    Case("gated_fusion", "2x512", 1024, _vector_fusion("gated_fusion", [512, 512], None)),
-    Case(
-        "attention_fusion", "768+512+128->256", 1024, _vector_fusion("attention_fusion", [768, 512, 128], 256)
+        "attention_fusion", "768+512+128->256", 1024, _vector_fusion("attention_fusion", "768+512+128->256")
     ),
     Case("film", "64x8x8, condition 128", 1024, _film_graph(64, 8, 128)),
     Case("clip_loss", "D=256", 4096, _contrastive_graph("clip_loss", 256)),

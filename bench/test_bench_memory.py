@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from bench.concat_linear_cases import SHAPES as CONCAT_SHAPES
 from bench.conftest import HELD_MEMORY
-from bench.held_memory import CASES, DTYPES, ENCODER_ENDINGS, measure
+from bench.held_memory import CASES, CONCAT_SHAPE, DTYPES, ENCODER_ENDINGS, measure
 
 
 def _cases():
@@ -29,7 +30,7 @@ def test_memory_in_a_training_graph(case, ending, dtype):
     if case.op == "concat_linear":
         # Eager keeps the concatenation, mmfast the inputs: the same bytes unless something else
         # (here the ReLU) keeps the inputs anyway, and then mmfast saves exactly the concatenation.
-        concatenation = case.batch * (768 + 512 + 128) * item
+        concatenation = case.batch * sum(CONCAT_SHAPES[CONCAT_SHAPE][0]) * item
         assert eager - fused == (concatenation if ending == "relu" else 0)
     elif case.op == "film":
         # Both keep the feature map and the condition; mmfast adds its [B, 2C] modulation.
