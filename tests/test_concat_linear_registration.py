@@ -188,6 +188,38 @@ def test_verbose_gemm_choice_prints_the_site_and_each_candidate_time():
     assert choice.group(2) in timed
 
 
+def test_no_candidate_is_refused_for_inputs_that_require_grad():
+    """The tuner skips a candidate that throws (an engine that cannot run a dtype on this CPU); the
+    verbose output names each refusal, so that a candidate that always throws (a bug) is seen. With
+    inputs and weights that require grad, as in training, none may be refused."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from mmfast.ops import attention_fusion, concat_linear, gated_fusion
+        torch.set_num_threads(2)
+        def leaf(*shape):
+            return torch.randn(*shape, requires_grad=True)
+        xs = [leaf(64, 128), leaf(64, 128)]
+        concat_linear(xs, leaf(128, 256), leaf(128), "relu").sum().backward()
+        concat_linear(xs, leaf(128, 256), leaf(128), "gelu").sum().backward()
+        gated_fusion(xs, leaf(128, 256), leaf(128)).sum().backward()
+        projections = [leaf(64, 128), leaf(64, 128)], [leaf(64), leaf(64)]
+        attention_fusion(xs, *projections, leaf(2, 256), leaf(2)).sum().backward()
+        """
+    )
+    env = {**os.environ, "MMFAST_CPU_GEMM_VERBOSE": "1"}
+    env.pop("MMFAST_CPU_GEMM", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    sites = re.findall(r"GEMM site (\S+), ", result.stderr)
+    assert {"concat_linear.forward", "concat_linear.backward", "gated_fusion.logits"} <= set(sites), sites
+    lines = result.stderr.splitlines()
+    refused = [line for line in lines if "refused" in line and "oneDNN cannot" not in line]
+    assert refused == [], "\n".join(refused)
+
+
 def test_a_remembered_choice_that_runs_other_sites_does_not_deadlock():
     """concat_linear.backward's sequential candidate runs the grad_input and grad_weight sites
     (each tuned, each taking the tuner's lock): once remembered, it must run outside that lock. A

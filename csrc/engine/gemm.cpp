@@ -302,18 +302,24 @@ at::Tensor run_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate
   // One warm-up run each (it also builds oneDNN's primitive), then rounds that time every
   // candidate in turn, so that a change of machine load affects them all alike; best time each.
   std::vector<double> best_times(candidates.size(), -1.0);
+  // Why a candidate was left out, for the verbose output: a refusal is silent otherwise, and a
+  // candidate that always throws (a bug) would never be noticed.
+  std::string refused;
   for (size_t i = 0; i < candidates.size(); ++i) {
     if (is_onednn(candidates[i]) && !onednn_ok) {
+      refused += std::string(" ") + candidates[i].name + "=refused (oneDNN cannot run this dtype here)";
       continue;
     }
     try {
       candidates[i].run();
       best_times[i] = std::numeric_limits<double>::infinity();
-    } catch (const c10::Error&) {
+    } catch (const c10::Error& error) {
       // This engine cannot run the shape or dtype on this CPU; candidate 0 always can.
       if (i == 0) {
         throw;
       }
+      const std::string message = error.what_without_backtrace();
+      refused += std::string(" ") + candidates[i].name + "=refused (" + message.substr(0, message.find('\n')) + ")";
     }
   }
   auto time_round = [&](const std::vector<size_t>& which) {
@@ -369,6 +375,7 @@ at::Tensor run_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate
     for (const auto& [name, seconds] : best_seconds) {
       timings += " " + name + "=" + std::to_string(seconds * 1e6) + "us";
     }
+    timings += refused;
     std::fprintf(stderr,
                  "mmfast: GEMM site %s, m=%lld n=%lld k=%lld (size class %lld %lld %lld) %s variant %d:%s -> %s\n",
                  key.site.name, static_cast<long long>(shape_key.m),

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include <vector>
 
@@ -61,6 +62,21 @@ at::Tensor segment_gemv_linear(at::TensorList inputs, const at::Tensor& w, const
     activation_forward(out, out, act);
   }
   return out;
+}
+
+// Above this many multiply-adds per GEMM, each GEMM's own threads win over one single-threaded
+// GEMM per thread (segments_linear_backward's "concurrent" candidate). The same split of a
+// forward's rows between the threads, one single-threaded GEMM each, never won on an AMD EPYC
+// Zen 4 (1.1-1.3x slower than ATen's own threads at 8 to 256 rows, 2 x 128 -> 128 and 2 x 256 ->
+// 256): ATen's GEMMs already run small problems on one thread.
+constexpr int64_t kConcurrentMaxWork = int64_t{1} << 24;
+
+// Whether the "concurrent" engine applies to GEMMs of rows x n x k: float32 / float64 (ATen's GEMMs
+// accumulate in the output dtype), a small problem, more than one thread and not already inside a
+// parallel region.
+bool concurrent_applies(at::ScalarType dtype, int64_t rows, int64_t n, int64_t k) {
+  return (dtype == at::kFloat || dtype == at::kDouble) && rows * n * k <= kConcurrentMaxWork &&
+         at::get_num_threads() > 1 && !at::in_parallel_region();
 }
 
 }  // namespace
@@ -154,15 +170,17 @@ std::pair<at::Tensor, at::Tensor> segments_linear_backward(const LinearBackwardS
          return segments_grad_weight(sites.grad_weight, grad_pre, inputs, rows, in_features);
        }},
   };
-  // Above this many multiply-adds per GEMM, each GEMM's own threads win.
-  constexpr int64_t kConcurrentMaxWork = int64_t{1} << 24;
-  const bool small = rows * out_features * in_features <= kConcurrentMaxWork;
-  if ((dtype == at::kFloat || dtype == at::kDouble) && small && at::get_num_threads() > 1 &&
-      !at::in_parallel_region()) {
+  if (concurrent_applies(dtype, rows, out_features, in_features)) {
     candidates.push_back({"concurrent", [&] {
                             at::Tensor input_part, weight_part;
                             // Inside a parallel region ATen's GEMMs (MKL, oneDNN) run on the calling thread.
+                            // The caller's thread-local state (grad mode, below-autograd dispatch) on
+                            // the worker too: a worker starts with grad mode on. Task 0 (the GEMM of
+                            // the weight, which may require grad) runs on the calling thread today,
+                            // but nothing in parallel_for promises that.
+                            const at::ThreadLocalState caller_state;
                             at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+                              at::ThreadLocalStateGuard caller_state_guard(caller_state);
                               for (int64_t task = begin; task < end; ++task) {
                                 if (task == 0) {
                                   input_part = at::mm(grad_pre, w);
