@@ -107,3 +107,19 @@ def test_machine_description_names_the_isa_extensions():
     description = machine_description()
     for flag, name in ISA_FLAGS.items():
         assert (f"{name}," in description or f"{name})" in description) == (flag in flags), description
+
+
+def test_forward_parts_times_each_part_and_names_the_engine(capsys):
+    """bench.forward_parts (concat_linear's forward against the limit, inputs unchanged and
+    rewritten per call) runs end to end at a small batch: every part timed, the ratios and the
+    tuner's engine printed."""
+    from bench.forward_parts import main, measure
+
+    best = measure(2, torch.float32, rounds=1)
+    assert set(best) >= {"limit", "mmfast", "gather alone", "rewritten: mmfast", "rewritten: eager"}
+    assert all(seconds > 0 for name, seconds in best.items() if not name.startswith("rewritten"))
+    assert main(["--rounds", "1", "--batch", "2", "--dtype", "float32"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "float32 batch 2 (engine " in printed and "limit / mmfast" in printed and "eager / mmfast" in printed
+    )
