@@ -15,10 +15,10 @@ import torch
 from mmfast.cli import main
 from mmfast.data import collate, dataset_info, load_dataset
 from mmfast.data import sort_of_clevr as soc
-from mmfast.encoders import ImageEncoder
+from mmfast.encoders import ImageEncoder, TextEncoder
 from mmfast.models import VQA_FUSIONS, build_vqa_model
-from mmfast.models.vqa import coordinate_maps, vqa_model_settings
-from mmfast.train.config import DATASET_EPOCHS, TASK_EPOCHS, TrainConfig
+from mmfast.models.vqa import FiLMFusion, FiLMPixelCNN, VQAModel, coordinate_maps, vqa_model_settings
+from mmfast.train.config import DATASET_EPOCHS, DATASET_LR, DEFAULT_LR, TASK_EPOCHS, TrainConfig
 
 TINY = {"num_train": 6, "num_val": 2, "num_test": 3}
 TINY_FLAGS = [
@@ -252,6 +252,9 @@ def test_coordinate_maps_and_model_defaults() -> None:
     assert encoder.features(torch.zeros(1, 3, 75, 75)).shape == (1, 8, 19, 19)
     assert TrainConfig(task="vqa", dataset="sort-of-clevr").epochs == DATASET_EPOCHS["sort-of-clevr"]
     assert TrainConfig(task="vqa", dataset="easy-vqa").epochs == TASK_EPOCHS["vqa"]
+    assert TrainConfig(task="vqa", dataset="sort-of-clevr").lr == DATASET_LR["sort-of-clevr"] != DEFAULT_LR
+    assert TrainConfig(task="vqa", dataset="easy-vqa").lr == DEFAULT_LR
+    assert TrainConfig(task="vqa", dataset="sort-of-clevr", lr=0.5).lr == 0.5
 
 
 @pytest.mark.parametrize("fusion", VQA_FUSIONS)
@@ -259,13 +262,61 @@ def test_every_fusion_on_sort_of_clevr(fusion: str) -> None:
     dataset = load_dataset("sort-of-clevr", "train", **TINY, image_size=32)
     batch = collate([dataset[i] for i in range(0, 120, 15)])
     model = build_vqa_model(dataset.info, fusion=fusion, hidden=16)
-    if fusion == "film":
-        assert all(block.conv1.in_channels == block.conv2.in_channels + 2 for block in model.fusion.blocks)
+    if fusion == "film":  # the dataset's film reads the pixels: no image encoder
+        assert isinstance(model.fusion, FiLMPixelCNN) and list(model.encoders) == ["text"]
+        assert model.modalities == ("image", "text")
     logits = model(batch)
     assert logits.shape == (8, 10) and torch.isfinite(logits).all()
     torch.nn.functional.cross_entropy(logits, batch["label"]).backward()
     unused = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not unused, unused
+
+
+def test_film_from_the_pixels() -> None:
+    torch.manual_seed(0)
+    cnn = FiLMPixelCNN((3, 75, 61), channels=4, cond_dim=5, out_dim=6).eval()
+    # 75 -> 38 -> 19 -> 10 -> 5; 61 -> 31 -> 16 -> 8 -> 4
+    assert tuple(cnn.pool.in_features) == (4 * 5 * 4, 5)
+    images, questions = torch.rand(2, 3, 75, 61), torch.randn(2, 5)
+
+    def unconditioned(x: torch.Tensor) -> torch.Tensor:
+        for conv, norm in zip(cnn.convs, cnn.norms):
+            x = torch.relu(norm(conv(torch.cat([x, coordinate_maps(x)], dim=1))))
+        return x.flatten(1)
+
+    # The generators start at zero: the plain CNN; the question still reaches the output layer.
+    torch.testing.assert_close(cnn(images, questions), cnn.pool([unconditioned(images), questions]))
+    for film in cnn.films:
+        torch.nn.init.normal_(film.weight)
+    questions.requires_grad_(True)
+    out = cnn(images, questions)
+    assert not torch.allclose(out, cnn.pool([unconditioned(images), questions]))
+    out.sum().backward()
+    assert all(film.weight.grad.abs().sum() > 0 for film in cnn.films)
+    with pytest.raises(ValueError, match="image_shape"):
+        FiLMPixelCNN((75, 75), 4, 5, 6)
+    with pytest.raises(ValueError, match="channels and layers"):
+        FiLMPixelCNN((3, 75, 75), 4, 5, 6, layers=0)
+
+
+def test_film_settings_and_checks() -> None:
+    info = dataset_info("sort-of-clevr", **TINY, image_size=32)
+    assert vqa_model_settings("sort-of-clevr")["film_pixel_channels"] > 0
+    assert vqa_model_settings("easy-vqa")["film_pixel_channels"] == 0
+    blocks = build_vqa_model(info, fusion="film", hidden=16, film_pixel_channels=0)
+    assert isinstance(blocks.fusion, FiLMFusion) and set(blocks.encoders) == {"image", "text"}
+    assert all(block.conv1.in_channels == block.conv2.in_channels + 2 for block in blocks.fusion.blocks)
+    question = TextEncoder(info.vocab_size, 8)
+    with pytest.raises(ValueError, match="image_encoder: .* expected None"):
+        VQAModel(
+            ImageEncoder(3, 8), question, "film", 10, hidden=8, film_pixel_channels=4, image_shape=(3, 32, 32)
+        )
+    with pytest.raises(ValueError, match="image_shape"):
+        VQAModel(None, question, "film", 10, hidden=8, film_pixel_channels=4)
+    with pytest.raises(ValueError, match="film_pixel_channels: expected >= 0"):
+        VQAModel(None, question, "film", 10, hidden=8, film_pixel_channels=-1)
+    with pytest.raises(ValueError, match="needs the image and the question"):
+        build_vqa_model(info, fusion="film", modalities=["text"], hidden=16)
 
 
 @pytest.mark.parametrize("fusion", ["film", "concat"])

@@ -9,6 +9,8 @@ from typing import Any, NoReturn
 
 from mmfast.train.config import (
     AUTOCAST_CHOICES,
+    DATASET_LR,
+    DEFAULT_LR,
     DEVICE_CHOICES,
     LOSS_CHOICES,
     TASK_CHOICES,
@@ -78,7 +80,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
     )
     option("--batch-size", "per process", type=_positive_int)
-    option("--lr", "peak AdamW learning rate", type=float)
+    own_rates = "".join(f"; {name}: {rate:g}" for name, rate in DATASET_LR.items())
+    option("--lr", f"peak AdamW learning rate (default: {DEFAULT_LR:g}{own_rates})", type=float)
     option("--weight-decay", "", type=float)
     option("--warmup-ratio", "warm-up fraction", type=float)
     option("--grad-clip", "max gradient norm, 0 = off", type=float)

@@ -10,7 +10,7 @@ from mmfast.models.concat import ConcatFusion
 from mmfast.models.dual_encoder import DualEncoder, ProjectionHead, SpatialProjection, build_dual_encoder
 from mmfast.models.fusion import FUSIONS, build_fusion, build_head
 from mmfast.models.transformer import TransformerFusion
-from mmfast.models.vqa import VQA_FUSIONS, FiLMBlock, FiLMFusion, VQAModel, build_vqa_model
+from mmfast.models.vqa import VQA_FUSIONS, FiLMBlock, FiLMFusion, FiLMPixelCNN, VQAModel, build_vqa_model
 from mmfast.models.weighted import AttentionFusionBlock, GatedFusionBlock
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "DualEncoder",
     "FiLMBlock",
     "FiLMFusion",
+    "FiLMPixelCNN",
     "GatedFusionBlock",
     "MultimodalClassifier",
     "ProjectionHead",

@@ -9,7 +9,9 @@ classifier) with the fusions of :data:`VQA_FUSIONS`, and `build_vqa_model`, size
   Conditioning Layer", AAAI 2018): residual blocks over the CNN's feature map whose normalised
   features are scaled and shifted per channel by the question, ``map * (1 + gamma) + beta`` with
   ``gamma, beta`` a linear function of the pooled question; then the image encoder's projection of
-  each position, mean- and max-pooling, with the pooled question, into an MLP.
+  each position, mean- and max-pooling, with the pooled question, into an MLP. Or, where the
+  dataset's settings say so (``film_pixel_channels``, Sort-of-CLEVR), :class:`FiLMPixelCNN`: a
+  CNN of its own over the pixels, every convolution modulated by the question.
 - ``transformer``: the question's tokens and the image's tokens (one per position of the feature
   map, average-pooled to at most 8 x 8, with a 2-D position encoding) through
   :class:`~mmfast.models.TransformerFusion`: a fusion
@@ -44,6 +46,7 @@ __all__ = [
     "VQA_MODEL_DEFAULTS",
     "FiLMBlock",
     "FiLMFusion",
+    "FiLMPixelCNN",
     "VQAModel",
     "build_vqa_model",
     "coordinate_maps",
@@ -89,6 +92,70 @@ class FiLMBlock(nn.Module):
             x = torch.cat([x, coordinate_maps(x)], dim=1)
         x = torch.relu(self.conv1(x))
         return x + torch.relu(self.film(self.norm(self.conv2(x)), condition))
+
+
+class FiLMPixelCNN(nn.Module):
+    """A CNN conditioned on the question from its first layer: ``layers`` x (the input with its
+    :func:`coordinate_maps` -> conv3x3 stride 2 -> BatchNorm without affine -> :class:`FiLM` by the
+    question -> ReLU), then the flattened map and the question into a ``ConcatLinear`` + ReLU
+    layer: ``[B, out_dim]``.
+
+    Why from the pixels: on Sort-of-CLEVR every question is about "the X object", and a CNN that
+    does not know the question pools all six objects into features from which a late fusion only
+    learns the image's global statistics (how many squares), not which object has colour X.
+    Modulating the first convolution lets the question pick the asked colour's pixels; its
+    position then survives in the flattened map (and the coordinates), which the relational
+    questions (closest, furthest) need. Each FiLM generator starts at zero, so the network starts
+    as the plain CNN (``1 + gamma = 1``, ``beta = 0``).
+
+    Args:
+        image_shape: ``[C, H, W]`` of the images.
+        channels: channels of every convolution.
+        cond_dim: size of the question vector.
+        out_dim: size of the output.
+        layers: strided convolutions (each halves the side, rounding up: 75 -> 38 -> 19 -> 10 -> 5).
+        reference: the ``FiLM`` and ``ConcatLinear`` layers from :mod:`mmfast.nn.reference`.
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        channels: int,
+        cond_dim: int,
+        out_dim: int,
+        layers: int = 4,
+        reference: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise ValueError(f"image_shape: expected [C, H, W], got {list(image_shape)}")
+        if channels < 1 or layers < 1:
+            raise ValueError(f"FiLMPixelCNN: expected channels and layers >= 1, got {channels} and {layers}")
+        in_channels, height, width = (int(n) for n in image_shape)
+        self.out_dim = out_dim
+        self.convs = nn.ModuleList(
+            nn.Conv2d((in_channels if i == 0 else channels) + 2, channels, 3, stride=2, padding=1)
+            for i in range(layers)
+        )
+        self.norms = nn.ModuleList(nn.BatchNorm2d(channels, affine=False) for _ in range(layers))
+        self.films = nn.ModuleList(
+            (ReferenceFiLM if reference else FiLM)(channels, cond_dim) for _ in range(layers)
+        )
+        for film in self.films:
+            nn.init.zeros_(film.weight)
+            nn.init.zeros_(film.bias)
+        for _ in range(layers):  # a 3x3 convolution of stride 2 and padding 1
+            height, width = (height + 1) // 2, (width + 1) // 2
+        layer = ReferenceConcatLinear if reference else ConcatLinear
+        self.pool = layer([channels * height * width, cond_dim], out_dim, activation="relu")
+
+    def forward(self, images: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """``images`` ``[B, C, H, W]``, ``condition`` ``[B, cond_dim]`` -> ``[B, out_dim]``."""
+        x = images
+        for conv, norm, film in zip(self.convs, self.norms, self.films):
+            x = torch.cat([x, coordinate_maps(x)], dim=1)
+            x = torch.relu(film(norm(conv(x)), condition))
+        return self.pool([x.flatten(1), condition])
 
 
 class FiLMFusion(nn.Module):
@@ -166,6 +233,10 @@ class VQAModel(nn.Module):
             at most ``image_grid x image_grid`` positions (None: every position).
         reference: the fusion layers from :mod:`mmfast.nn.reference` (same parameter names).
         film_coords: the ``film`` fusion's blocks also see the coordinates of each position.
+        film_pixel_channels: when positive, the ``film`` fusion is a :class:`FiLMPixelCNN` of
+            this many channels over the images themselves (of shape ``image_shape``), instead of
+            FiLM blocks over the image encoder's feature map; ``image_encoder`` is then None.
+        image_shape: ``[C, H, W]`` of the images (needed with ``film_pixel_channels`` only).
     """
 
     def __init__(
@@ -183,6 +254,8 @@ class VQAModel(nn.Module):
         image_grid: int | None = 8,
         reference: bool = False,
         film_coords: bool = False,
+        film_pixel_channels: int = 0,
+        image_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if image_grid is not None and image_grid < 1:
@@ -190,24 +263,43 @@ class VQAModel(nn.Module):
         self.image_grid = image_grid
         if fusion not in VQA_FUSIONS:
             raise ValueError(f"fusion: expected one of {', '.join(VQA_FUSIONS)}, got {fusion!r}")
+        if film_pixel_channels < 0:
+            raise ValueError(f"film_pixel_channels: expected >= 0 (0: off), got {film_pixel_channels}")
+        # The film fusion from the pixels reads the images itself: the image is a modality of the
+        # model without an image encoder.
+        self.film_pixel_channels = int(film_pixel_channels) if fusion == "film" else 0
+        if self.film_pixel_channels:
+            if image_encoder is not None:
+                raise ValueError(
+                    "image_encoder: film_pixel_channels > 0 conditions a CNN of its own on the question; "
+                    "expected None"
+                )
+            if image_shape is None:
+                raise ValueError("image_shape: film_pixel_channels > 0 needs the images' [C, H, W]")
         encoders = {IMAGE: image_encoder, QUESTION: question_encoder}
         present = {name: encoder for name, encoder in encoders.items() if encoder is not None}
         if not present:
             raise ValueError("VQAModel: expected an image encoder, a question encoder or both")
-        if len(present) == 1 and fusion != "concat":
+        modalities = set(present) | ({IMAGE} if self.film_pixel_channels else set())
+        if len(modalities) == 1 and fusion != "concat":
             raise ValueError(
-                f"fusion={fusion!r}: needs the image and the question; with only {next(iter(present))!r} "
+                f"fusion={fusion!r}: needs the image and the question; with only {next(iter(modalities))!r} "
                 "use fusion='concat'"
             )
         self.fusion_kind = fusion
-        self.modalities: tuple[str, ...] = tuple(sorted(present))
+        self.modalities: tuple[str, ...] = tuple(sorted(modalities))
         self.encoders = nn.ModuleDict(present)
-        dims = [int(present[m].out_dim) for m in self.modalities]
         if fusion == "concat":
+            dims = [int(present[m].out_dim) for m in self.modalities]
             self.fusion: nn.Module = ConcatFusion(dims, hidden, reference)
             self.head: nn.Module = build_head(hidden, num_answers, dropout)
             return
-        if fusion == "film":
+        dims = [int(present[m].out_dim) for m in self.modalities if m in present]
+        if self.film_pixel_channels:
+            self.fusion = FiLMPixelCNN(
+                image_shape, self.film_pixel_channels, question_encoder.out_dim, hidden, reference=reference
+            )
+        elif fusion == "film":
             self.fusion = FiLMFusion(
                 image_encoder.feature_channels,
                 question_encoder.out_dim,
@@ -231,6 +323,9 @@ class VQAModel(nn.Module):
         if missing:
             raise ValueError(f"batch: expected the keys {list(self.modalities)}, missing {missing}")
         lengths = batch.get(f"{QUESTION}_lengths")
+        if self.film_pixel_channels:
+            question = self.encoders[QUESTION](batch[QUESTION], lengths)
+            return self.head(self.fusion(batch[IMAGE], question))
         if self.fusion_kind == "film":
             image = self.encoders[IMAGE].features(batch[IMAGE])
             question = self.encoders[QUESTION](batch[QUESTION], lengths)
@@ -260,18 +355,22 @@ VQA_MODEL_DEFAULTS: dict[str, Any] = {
     "num_layers": 2,
     "film_blocks": 2,
     "film_coords": False,
+    "film_pixel_channels": 0,
     "image_grid": 8,
 }
 DATASET_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     # 75 x 75 images of six 11-pixel objects: a strided stem (the objects stay several pixels
-    # wide) and two stages only (a 19 x 19 map, so that the question modulates features close to
-    # the pixels); coordinates in the FiLM blocks (the relational questions are about distances);
-    # the transformer over a 5 x 5 grid of image tokens, as the RN paper's 5 x 5 cells.
+    # wide) and two stages only (a 19 x 19 map); the transformer over a 5 x 5 grid of image
+    # tokens, as the RN paper's 5 x 5 cells; FiLM blocks (with film_pixel_channels=0) with
+    # coordinates (the relational questions are about distances).
     "sort-of-clevr": {
         "image_channels": (8, 16),
         "stem_stride": 2,
         "film_blocks": 3,
         "film_coords": True,
+        # film: FiLMPixelCNN, 4 question-conditioned convolutions of 24 channels from the pixels
+        # (75 -> 5 x 5): FiLM over the encoder's 19 x 19 map never bound colours to objects.
+        "film_pixel_channels": 24,
         "num_layers": 4,
         "image_grid": 5,
     },
@@ -303,6 +402,7 @@ def build_vqa_model(
     num_layers: int | None = None,
     film_blocks: int | None = None,
     film_coords: bool | None = None,
+    film_pixel_channels: int | None = None,
     image_grid: int | None = None,
 ) -> VQAModel:
     """A :class:`VQAModel` for dataset ``info`` (images and questions as ``"text"``; the answers are
@@ -319,6 +419,7 @@ def build_vqa_model(
         num_layers=num_layers,
         film_blocks=film_blocks,
         film_coords=film_coords,
+        film_pixel_channels=film_pixel_channels,
         image_grid=image_grid,
     )
     chosen = tuple(sorted(info.modalities if modalities is None else modalities))
@@ -327,7 +428,9 @@ def build_vqa_model(
     if info.image_shape is None or info.vocab_size is None:
         raise ValueError(f"dataset {info.name!r}: VQA needs images and questions (text)")
     image_encoder = question_encoder = None
-    if IMAGE in chosen:
+    # The film fusion from the pixels (with both modalities; alone, VQAModel says what fusion applies).
+    pixel_channels = settings["film_pixel_channels"] if fusion == "film" and len(chosen) == 2 else 0
+    if IMAGE in chosen and not pixel_channels:
         image_encoder = ImageEncoder(
             info.image_shape[0],
             hidden,
@@ -350,4 +453,6 @@ def build_vqa_model(
         image_grid=settings["image_grid"],
         reference=reference,
         film_coords=settings["film_coords"],
+        film_pixel_channels=pixel_channels,
+        image_shape=info.image_shape,
     )
