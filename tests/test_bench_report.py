@@ -123,3 +123,34 @@ def test_forward_parts_times_each_part_and_names_the_engine(capsys):
     assert (
         "float32 batch 2 (engine " in printed and "limit / mmfast" in printed and "eager / mmfast" in printed
     )
+
+
+def test_onednn_dispatch_counts_the_kernels_each_part_runs():
+    from bench.onednn_dispatch import count_primitives, run
+
+    lines = [
+        "=== mmfast",
+        "onednn_verbose,v1,primitive,exec,cpu,inner_product,brg_matmul:avx10_1_512_amx,forward_training,src:bf16",
+        "onednn_verbose,v1,primitive,create:cache_miss,cpu,matmul,brg_matmul:avx512_core,undef,src:f32",
+        "CHOICE concat_linear.forward onednn",
+        "=== limit",
+        "onednn_verbose,1733,v1,primitive,exec,cpu,inner_product,brg_matmul:avx512_core,forward_training",
+        "onednn_verbose,1734,v1,primitive,exec,cpu,inner_product,brg_matmul:avx512_core,forward_training",
+    ]
+    counts, choices = count_primitives(lines)
+    assert counts == {
+        ("mmfast", "inner_product", "brg_matmul:avx10_1_512_amx"): 1,
+        ("limit", "inner_product", "brg_matmul:avx512_core"): 2,
+    }
+    assert choices == ["concat_linear.forward onednn"]
+
+    # On this machine: the limit is oneDNN's linear in every dtype; where the CPU has AMX, its
+    # bfloat16 GEMMs run AMX kernels (what a CPU without AMX runs is whatever oneDNN picks).
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        has_amx = "amx_tile" in cpuinfo.read()
+    counts, choices = run("bfloat16", 16)
+    limit = {implementation for (part, _, implementation) in counts if part == "limit"}
+    assert limit, counts
+    if has_amx:
+        assert all("amx" in implementation for implementation in limit), limit
+    assert any(choice.startswith("concat_linear.forward ") for choice in choices), choices
