@@ -92,27 +92,37 @@ void for_each_product_tile(const at::Tensor& image, const at::Tensor& text,
   }
 }
 
-void accumulate_feature_grads(const char* image_site, const char* text_site, const at::Tensor& grad, double scale,
+void accumulate_feature_grads(const char* image_site, const char* text_site, const at::Tensor& grad,
                               const TileBounds& tile,
                               const at::Tensor& image, const at::Tensor& text, const at::Tensor& grad_image,
                               const at::Tensor& grad_text) {
-  grad.mul_(scale);
+  // The first tile of a row block (column 0) writes its rows of grad_image, the others add to them;
+  // likewise the first tile of a column block (row 0) for grad_text: no zero-filled start.
+  const auto write_or_add = [](const at::Tensor& destination, const at::Tensor& part, bool first) {
+    if (first) {
+      destination.copy_(part);
+    } else {
+      destination.add_(part);
+    }
+  };
   if (grad_image.defined()) {
     // grad @ text_block = linear(grad, text_block.T): the weight is [D, cols].
-    grad_image.narrow(0, tile.row_begin, tile.rows())
-        .add_(cpu::linear_on_fastest_engine(cpu::GemmSite{image_site}, grad,
-                                            text.narrow(0, tile.col_begin, tile.cols()).t(), std::nullopt,
-                                            Activation::kNone));
+    write_or_add(grad_image.narrow(0, tile.row_begin, tile.rows()),
+                 cpu::linear_on_fastest_engine(cpu::GemmSite{image_site}, grad,
+                                               text.narrow(0, tile.col_begin, tile.cols()).t(), std::nullopt,
+                                               Activation::kNone),
+                 tile.col_begin == 0);
   }
   if (grad_text.defined()) {
     // grad.T @ image_block, computed as (image_block.T @ grad).T = linear(image_block.T, grad.T).T: the
     // GEMM engines take a transposed weight as it is but copy a transposed input (a 4 MiB transpose
     // per tile, a third of the GEMM's time); the [D, cols] result is added back transposed.
-    grad_text.narrow(0, tile.col_begin, tile.cols())
-        .add_(cpu::linear_on_fastest_engine(cpu::GemmSite{text_site},
-                                            image.narrow(0, tile.row_begin, tile.rows()).t(), grad.t(),
-                                            std::nullopt, Activation::kNone)
-                  .t());
+    write_or_add(grad_text.narrow(0, tile.col_begin, tile.cols()),
+                 cpu::linear_on_fastest_engine(cpu::GemmSite{text_site},
+                                               image.narrow(0, tile.row_begin, tile.rows()).t(), grad.t(),
+                                               std::nullopt, Activation::kNone)
+                     .t(),
+                 tile.row_begin == 0);
   }
 }
 

@@ -41,12 +41,14 @@ struct TileBounds {
 void for_each_product_tile(const at::Tensor& image, const at::Tensor& text,
                            const std::function<void(const TileBounds&, const at::Tensor&)>& visit);
 
-// The feature gradients of one tile, given the tile's d loss / d logits `grad` (overwritten: it is
-// scaled by `scale`, the d logits / d products): grad_image[rows] += grad @ text[cols] and
-// grad_text[cols] += grad.T @ image[rows], each through the GEMM engine (tuned as the sites
-// "<op>.grad_image" and "<op>.grad_text": their operands' layouts differ); undefined gradients are
-// skipped.
-void accumulate_feature_grads(const char* image_site, const char* text_site, const at::Tensor& grad, double scale,
+// The feature gradients of one tile, given the tile's d loss / d products `grad` (the logits'
+// gradient times the scale, which the ops' backward passes fold into the values they write):
+// grad_image[rows] += grad @ text[cols] and grad_text[cols] += grad.T @ image[rows], each through
+// the GEMM engine (tuned as the sites "<op>.grad_image" and "<op>.grad_text": their operands'
+// layouts differ); undefined gradients are skipped. The gradients need no initial value: the
+// first tile of each row block (column 0) and of each column block (row 0) writes them, as
+// for_each_product_tile visits those first.
+void accumulate_feature_grads(const char* image_site, const char* text_site, const at::Tensor& grad,
                               const TileBounds& tile,
                               const at::Tensor& image, const at::Tensor& text, const at::Tensor& grad_image,
                               const at::Tensor& grad_text);

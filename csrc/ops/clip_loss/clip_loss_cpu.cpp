@@ -127,13 +127,6 @@ void update_col_stats(const at::Tensor& products, scalar_t scale, scalar_t bias,
   });
 }
 
-// logits of the positive pairs (i, i + offset): scale * <image_i, text_{i+offset}> + bias.
-at::Tensor positive_logits(const at::Tensor& image, const at::Tensor& text, int64_t offset, const at::Tensor& scale,
-                           const std::optional<at::Tensor>& bias) {
-  at::Tensor logits = (image * text.narrow(0, offset, image.size(0))).sum(1) * scale;
-  return bias.has_value() && bias->defined() ? logits + *bias : logits;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> clip_loss_forward_cpu(const at::Tensor& image_features,
                                                                      const at::Tensor& text_features,
                                                                      const at::Tensor& logit_scale,
@@ -150,32 +143,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> clip_loss_forward_cpu(const at::T
   const std::optional<at::Tensor> bias =
       logit_bias.has_value() && logit_bias->defined() ? std::optional<at::Tensor>(logit_bias->to(image.scalar_type()))
                                                       : std::nullopt;
-  at::Tensor row_max = at::full({rows}, -std::numeric_limits<double>::infinity(), options);
-  at::Tensor row_sum = at::zeros({rows}, options);
-  at::Tensor col_max = at::full({symmetric ? cols : 0}, -std::numeric_limits<double>::infinity(), options);
-  at::Tensor col_sum = at::zeros({symmetric ? cols : 0}, options);
+  // The running maxima, overwritten by the log-sum-exps once every tile is in.
+  at::Tensor row_lse = at::empty({rows}, options);
+  at::Tensor col_lse = at::empty({symmetric ? cols : 0}, options);
+  double loss = 0;
   AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "clip_loss_forward_cpu", [&] {
     const scalar_t s = scalar_value<scalar_t>(scale), b = bias ? scalar_value<scalar_t>(*bias) : scalar_t(0);
-    scalar_t* rmax = row_max.mutable_data_ptr<scalar_t>();
-    scalar_t* rsum = row_sum.mutable_data_ptr<scalar_t>();
-    scalar_t* cmax = col_max.mutable_data_ptr<scalar_t>();
-    scalar_t* csum = col_sum.mutable_data_ptr<scalar_t>();
+    const int64_t stat_cols = symmetric ? cols : 0;
+    scalar_t* rmax = row_lse.mutable_data_ptr<scalar_t>();
+    scalar_t* cmax = col_lse.mutable_data_ptr<scalar_t>();
+    std::fill(rmax, rmax + rows, -std::numeric_limits<scalar_t>::infinity());
+    std::fill(cmax, cmax + stat_cols, -std::numeric_limits<scalar_t>::infinity());
+    std::vector<scalar_t> row_sum(rows, scalar_t(0)), col_sum(stat_cols, scalar_t(0)), positives(rows);
     for_each_product_tile(image, text, [&](const TileBounds& tile, const at::Tensor& products) {
-      update_row_stats<scalar_t>(products, s, b, rmax + tile.row_begin, rsum + tile.row_begin);
+      update_row_stats<scalar_t>(products, s, b, rmax + tile.row_begin, row_sum.data() + tile.row_begin);
       if (symmetric) {
-        update_col_stats<scalar_t>(products, s, b, cmax + tile.col_begin, csum + tile.col_begin);
+        update_col_stats<scalar_t>(products, s, b, cmax + tile.col_begin, col_sum.data() + tile.col_begin);
       }
     });
+    // The loss from the statistics in one pass (at small B a chain of ATen ops on [B] vectors cost
+    // more than the tiles): mean over rows of lse - positive logit, and over columns when
+    // symmetric, where text c's positive is image c's (one text per image).
+    row_dots<scalar_t>(image, text, label_offset, positives.data());
+    double row_total = 0, col_total = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      rmax[r] += std::log(row_sum[r]);
+      row_total += static_cast<double>(rmax[r]) - static_cast<double>(positives[r] * s + b);
+    }
+    for (int64_t c = 0; c < stat_cols; ++c) {
+      cmax[c] += std::log(col_sum[c]);
+      col_total += static_cast<double>(cmax[c]) - static_cast<double>(positives[c] * s + b);
+    }
+    loss = symmetric ? (row_total / static_cast<double>(rows) + col_total / static_cast<double>(cols)) / 2
+                     : row_total / static_cast<double>(rows);
   });
-  const at::Tensor row_lse = row_max + row_sum.log();
-  const at::Tensor positives = positive_logits(image, text, label_offset, scale, bias);
-  at::Tensor loss = (row_lse - positives).mean();
-  at::Tensor col_lse = at::empty({0}, options);
-  if (symmetric) {
-    col_lse = col_max + col_sum.log();
-    loss = (loss + (col_lse - positives).mean()) / 2;
-  }
-  return {loss, row_lse, col_lse};
+  return {at::scalar_tensor(loss, options), row_lse, col_lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_loss_backward_cpu(
@@ -196,8 +198,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_loss_backward_cp
   const bool has_bias = logit_bias.has_value() && logit_bias->defined();
   const at::Tensor rlse = row_lse.to(image.scalar_type()).contiguous();
   const at::Tensor clse = symmetric ? col_lse.to(image.scalar_type()).contiguous() : col_lse;
-  at::Tensor grad_image = mask[0] ? at::zeros({rows, image.size(1)}, options) : at::Tensor();
-  at::Tensor grad_text = mask[1] ? at::zeros({cols, text.size(1)}, options) : at::Tensor();
+  // Written by the first tile of each row (column) block, accumulated by the others.
+  at::Tensor grad_image = mask[0] ? at::empty({rows, image.size(1)}, options) : at::Tensor();
+  at::Tensor grad_text = mask[1] ? at::empty({cols, text.size(1)}, options) : at::Tensor();
   double grad_scale_sum = 0, grad_bias_sum = 0;
   AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "clip_loss_backward_cpu", [&] {
     using Vec = Vectorized<scalar_t>;
@@ -210,8 +213,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_loss_backward_cp
     const scalar_t positive = g / scalar_t(rows);
     const scalar_t* rl = rlse.const_data_ptr<scalar_t>();
     // The raw products of the positive pairs, for their term of the scale gradient.
-    const at::Tensor positive_products = (image * text.narrow(0, label_offset, rows)).sum(1).contiguous();
-    const scalar_t* pp = positive_products.const_data_ptr<scalar_t>();
+    std::vector<scalar_t> positive_products(rows);
+    row_dots<scalar_t>(image, text, label_offset, positive_products.data());
+    const scalar_t* pp = positive_products.data();
     const scalar_t* cl = symmetric ? clse.const_data_ptr<scalar_t>() : nullptr;
     for_each_product_tile(image, text, [&](const TileBounds& tile, const at::Tensor& products) {
       const int64_t tile_cols = tile.cols();
@@ -237,7 +241,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_loss_backward_cp
             const Vec grad = p * vw;
             vscale_acc = at::vec::fmadd(grad, product, vscale_acc);
             vbias_acc += grad;
-            grad.store(row + c);
+            // d loss / d products = d loss / d logits * scale, for the feature GEMMs.
+            (grad * vs).store(row + c);
           }
           for (; c < tile_cols; ++c) {
             const scalar_t product = row[c], logit = product * s + b;
@@ -248,12 +253,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_loss_backward_cp
             const scalar_t grad = p * weight;
             scale_acc += grad * product;
             bias_acc += grad;
-            row[c] = grad;
+            row[c] = grad * s;
           }
           // The positive pair of this row, if the tile holds it.
           const int64_t positive_col = tile.row_begin + r + label_offset - tile.col_begin;
           if (positive_col >= 0 && positive_col < tile_cols) {
-            row[positive_col] -= positive;
+            row[positive_col] -= positive * s;
             bias_acc -= positive;
             scale_acc -= positive * pp[tile.row_begin + r];
           }
@@ -265,8 +270,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> clip_loss_backward_cp
         grad_scale_sum += scale_part[t];
         grad_bias_sum += bias_part[t];
       }
-      // products now holds d loss / d logits for the tile.
-      accumulate_feature_grads("clip_loss.grad_image", "clip_loss.grad_text", products, s, tile, image, text,
+      // products now holds d loss / d products for the tile.
+      accumulate_feature_grads("clip_loss.grad_image", "clip_loss.grad_text", products, tile, image, text,
                                grad_image, grad_text);
     });
   });

@@ -82,11 +82,14 @@ at::Tensor siglip_loss_forward_cpu(const at::Tensor& image_features, const at::T
     for_each_product_tile(image, text, [&](const TileBounds&, const at::Tensor& products) {
       total += softplus_sum<scalar_t>(products, s, b);
     });
+    // Minus the positive logits, in the same pass's precision (double sums).
+    std::vector<scalar_t> positives(rows);
+    row_dots<scalar_t>(image, text, label_offset, positives.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      total -= static_cast<double>(positives[r] * s + b);
+    }
   });
-  const at::Tensor positives =
-      (image * text.narrow(0, label_offset, rows)).sum(1) * logit_scale.to(image.scalar_type()) +
-      logit_bias.to(image.scalar_type());
-  return (at::scalar_tensor(total, image.options()) - positives.sum()) / static_cast<double>(rows);
+  return at::scalar_tensor(total / static_cast<double>(rows), image.options());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> siglip_loss_backward_cpu(
@@ -99,16 +102,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> siglip_loss_backward_
   const at::Tensor image = pairwise_operand(image_features), text = pairwise_operand(text_features);
   const auto options = image.options();
   const int64_t rows = image.size(0), cols = text.size(0);
-  at::Tensor grad_image = mask[0] ? at::zeros({rows, image.size(1)}, options) : at::Tensor();
-  at::Tensor grad_text = mask[1] ? at::zeros({cols, text.size(1)}, options) : at::Tensor();
+  // Written by the first tile of each row (column) block, accumulated by the others.
+  at::Tensor grad_image = mask[0] ? at::empty({rows, image.size(1)}, options) : at::Tensor();
+  at::Tensor grad_text = mask[1] ? at::empty({cols, text.size(1)}, options) : at::Tensor();
   double grad_scale_sum = 0, grad_bias_sum = 0;
   AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "siglip_loss_backward_cpu", [&] {
     using Vec = Vectorized<scalar_t>;
     const scalar_t s = scalar_value<scalar_t>(logit_scale), b = scalar_value<scalar_t>(logit_bias);
     const scalar_t weight = scalar_value<scalar_t>(grad_loss) / scalar_t(rows);
     // The raw products of the positive pairs, for their term of the scale gradient.
-    const at::Tensor positive_products = (image * text.narrow(0, label_offset, rows)).sum(1).contiguous();
-    const scalar_t* pp = positive_products.const_data_ptr<scalar_t>();
+    std::vector<scalar_t> positive_products(rows);
+    row_dots<scalar_t>(image, text, label_offset, positive_products.data());
+    const scalar_t* pp = positive_products.data();
     for_each_product_tile(image, text, [&](const TileBounds& tile, const at::Tensor& products) {
       const int64_t tile_cols = tile.cols();
       scalar_t* data = products.mutable_data_ptr<scalar_t>();
@@ -127,18 +132,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> siglip_loss_backward_
             const Vec grad = vw / (one + (zero - logit).exp());
             vscale_acc = at::vec::fmadd(grad, product, vscale_acc);
             vbias_acc += grad;
-            grad.store(row + c);
+            // d loss / d products = d loss / d logits * scale, for the feature GEMMs.
+            (grad * vs).store(row + c);
           }
           for (; c < tile_cols; ++c) {
             const scalar_t product = row[c];
             const scalar_t grad = weight / (scalar_t(1) + std::exp(-(product * s + b)));
             scale_acc += grad * product;
             bias_acc += grad;
-            row[c] = grad;
+            row[c] = grad * s;
           }
           const int64_t positive_col = tile.row_begin + r + label_offset - tile.col_begin;
           if (positive_col >= 0 && positive_col < tile_cols) {
-            row[positive_col] -= weight;
+            row[positive_col] -= weight * s;
             bias_acc -= weight;
             scale_acc -= weight * pp[tile.row_begin + r];
           }
@@ -151,7 +157,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> siglip_loss_backward_
         grad_scale_sum += scale_part[t];
         grad_bias_sum += bias_part[t];
       }
-      accumulate_feature_grads("siglip_loss.grad_image", "siglip_loss.grad_text", products, s, tile, image, text,
+      // products now holds d loss / d products for the tile.
+      accumulate_feature_grads("siglip_loss.grad_image", "siglip_loss.grad_text", products, tile, image, text,
                                grad_image, grad_text);
     });
   });
