@@ -4,6 +4,7 @@ from rows written by hand, so that nothing is timed)."""
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import torch
@@ -153,4 +154,5 @@ def test_onednn_dispatch_counts_the_kernels_each_part_runs():
     assert limit, counts
     if has_amx:
         assert all("amx" in implementation for implementation in limit), limit
-    assert any(choice.startswith("concat_linear.forward ") for choice in choices), choices
+    if not os.environ.get("MMFAST_CPU_GEMM"):  # a forced engine is run untimed and unrecorded
+        assert any(choice.startswith("concat_linear.forward ") for choice in choices), choices
