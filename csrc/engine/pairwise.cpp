@@ -116,7 +116,7 @@ void accumulate_feature_grads(const char* image_site, const char* text_site, con
   if (grad_text.defined()) {
     // grad.T @ image_block, computed as (image_block.T @ grad).T = linear(image_block.T, grad.T).T: the
     // GEMM engines take a transposed weight as it is but copy a transposed input (a 4 MiB transpose
-    // per tile, a third of the GEMM's time); the [D, cols] result is added back transposed.
+    // per tile, a third of the GEMM's time); the [D, cols] result is written or added back transposed.
     write_or_add(grad_text.narrow(0, tile.col_begin, tile.cols()),
                  cpu::linear_on_fastest_engine(cpu::GemmSite{text_site},
                                                image.narrow(0, tile.row_begin, tile.rows()).t(), grad.t(),
