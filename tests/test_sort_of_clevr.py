@@ -17,7 +17,14 @@ from mmfast.data import collate, dataset_info, load_dataset
 from mmfast.data import sort_of_clevr as soc
 from mmfast.encoders import ImageEncoder, TextEncoder
 from mmfast.models import VQA_FUSIONS, build_vqa_model
-from mmfast.models.vqa import FiLMFusion, FiLMPixelCNN, VQAModel, coordinate_maps, vqa_model_settings
+from mmfast.models.vqa import (
+    AnchorRelations,
+    FiLMFusion,
+    FiLMPixelCNN,
+    VQAModel,
+    coordinate_maps,
+    vqa_model_settings,
+)
 from mmfast.train.config import DATASET_EPOCHS, DATASET_LR, DEFAULT_LR, TASK_EPOCHS, TrainConfig
 
 TINY = {"num_train": 6, "num_val": 2, "num_test": 3}
@@ -297,6 +304,36 @@ def test_film_from_the_pixels() -> None:
         FiLMPixelCNN((75, 75), 4, 5, 6)
     with pytest.raises(ValueError, match="channels and layers"):
         FiLMPixelCNN((3, 75, 75), 4, 5, 6, layers=0)
+
+
+def test_anchor_relations() -> None:
+    torch.manual_seed(0)
+    stage = AnchorRelations(cell_dim=3, cond_dim=2, channels=4)
+    cells, question = torch.randn(2, 3, 7), torch.randn(2, 2)
+    out = stage(cells, question)
+    assert out.shape == (2, stage.out_dim) == (2, 4 + 3)
+    # The anchor is the softmax-weighted mean of the positions, the relations a sum over positions.
+    scores = torch.einsum("bcn,bc->bn", stage.key(cells), stage.query(question)) / 2.0
+    anchor = (cells * torch.softmax(scores, dim=-1)[:, None]).sum(-1)
+    torch.testing.assert_close(out[:, 4:], anchor)
+    pairs = [torch.cat([cells[:, :, n], anchor, question], dim=1) for n in range(7)]
+    g = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4), torch.nn.ReLU())
+    for conv, linear in zip(stage.relate[::2], g[::2]):
+        linear.load_state_dict({"weight": conv.weight[..., 0], "bias": conv.bias})
+    torch.testing.assert_close(out[:, :4], sum(g(pair) for pair in pairs))
+    # A key that singles out one position makes the anchor that position (the asked object).
+    with torch.no_grad():
+        stage.key.weight.zero_(), stage.key.bias.zero_(), stage.query.weight.zero_()
+        stage.query.bias.fill_(1.0)
+        stage.key.weight[:, 0, 0] = 100.0
+    cells[:, 0] = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(stage(cells, question)[:, 4:], cells[:, :, 3])
+    cnn = FiLMPixelCNN((3, 75, 61), channels=4, cond_dim=5, out_dim=6, relation_channels=8)
+    assert tuple(cnn.pool.in_features) == (4 * 5 * 4, 5, 8 + 4 + 2)
+    cnn(torch.rand(2, 3, 75, 61), torch.randn(2, 5)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in cnn.relations.parameters())
+    with pytest.raises(ValueError, match="relation_channels: expected >= 0"):
+        FiLMPixelCNN((3, 75, 75), 4, 5, 6, relation_channels=-1)
 
 
 def test_film_settings_and_checks() -> None:

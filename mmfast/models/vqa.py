@@ -11,7 +11,9 @@ classifier) with the fusions of :data:`VQA_FUSIONS`, and `build_vqa_model`, size
   ``gamma, beta`` a linear function of the pooled question; then the image encoder's projection of
   each position, mean- and max-pooling, with the pooled question, into an MLP. Or, where the
   dataset's settings say so (``film_pixel_channels``, Sort-of-CLEVR), :class:`FiLMPixelCNN`: a
-  CNN of its own over the pixels, every convolution modulated by the question.
+  CNN of its own over the pixels, every convolution modulated by the question, with (where
+  ``film_relation_channels`` says so) an :class:`AnchorRelations` stage: every position's relation
+  to the object the question asks about.
 - ``transformer``: the question's tokens and the image's tokens (one per position of the feature
   map, average-pooled to at most 8 x 8, with a 2-D position encoding) through
   :class:`~mmfast.models.TransformerFusion`: a fusion
@@ -46,6 +48,7 @@ __all__ = [
     "VQA_MODEL_DEFAULTS",
     "FiLMBlock",
     "FiLMFusion",
+    "AnchorRelations",
     "FiLMPixelCNN",
     "VQAModel",
     "build_vqa_model",
@@ -97,8 +100,9 @@ class FiLMBlock(nn.Module):
 class FiLMPixelCNN(nn.Module):
     """A CNN conditioned on the question from its first layer: ``layers`` x (the input with its
     :func:`coordinate_maps` -> conv3x3 stride 2 -> BatchNorm without affine -> :class:`FiLM` by the
-    question -> ReLU), then the flattened map and the question into a ``ConcatLinear`` + ReLU
-    layer: ``[B, out_dim]``.
+    question -> ReLU), then the flattened map and the question (and, with ``relation_channels``,
+    the :class:`AnchorRelations` of the last map's positions with their coordinates) into a
+    ``ConcatLinear`` + ReLU layer: ``[B, out_dim]``.
 
     Why from the pixels: on Sort-of-CLEVR every question is about "the X object", and a CNN that
     does not know the question pools all six objects into features from which a late fusion only
@@ -115,6 +119,7 @@ class FiLMPixelCNN(nn.Module):
         out_dim: size of the output.
         layers: strided convolutions (each halves the side, rounding up: 75 -> 38 -> 19 -> 10 -> 5).
         reference: the ``FiLM`` and ``ConcatLinear`` layers from :mod:`mmfast.nn.reference`.
+        relation_channels: width of the :class:`AnchorRelations` stage (0: none).
     """
 
     def __init__(
@@ -125,6 +130,7 @@ class FiLMPixelCNN(nn.Module):
         out_dim: int,
         layers: int = 4,
         reference: bool = False,
+        relation_channels: int = 0,
     ) -> None:
         super().__init__()
         if len(image_shape) != 3 or min(image_shape) < 1:
@@ -146,8 +152,16 @@ class FiLMPixelCNN(nn.Module):
             nn.init.zeros_(film.bias)
         for _ in range(layers):  # a 3x3 convolution of stride 2 and padding 1
             height, width = (height + 1) // 2, (width + 1) // 2
+        if relation_channels < 0:
+            raise ValueError(f"relation_channels: expected >= 0 (0: off), got {relation_channels}")
+        self.relations = (
+            AnchorRelations(channels + 2, cond_dim, relation_channels) if relation_channels else None
+        )
         layer = ReferenceConcatLinear if reference else ConcatLinear
-        self.pool = layer([channels * height * width, cond_dim], out_dim, activation="relu")
+        widths = [channels * height * width, cond_dim]
+        if self.relations is not None:
+            widths += [self.relations.out_dim]
+        self.pool = layer(widths, out_dim, activation="relu")
 
     def forward(self, images: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """``images`` ``[B, C, H, W]``, ``condition`` ``[B, cond_dim]`` -> ``[B, out_dim]``."""
@@ -155,7 +169,51 @@ class FiLMPixelCNN(nn.Module):
         for conv, norm, film in zip(self.convs, self.norms, self.films):
             x = torch.cat([x, coordinate_maps(x)], dim=1)
             x = torch.relu(film(norm(conv(x)), condition))
-        return self.pool([x.flatten(1), condition])
+        features = [x.flatten(1), condition]
+        if self.relations is not None:
+            features.append(self.relations(torch.cat([x, coordinate_maps(x)], dim=1).flatten(2), condition))
+        return self.pool(features)
+
+
+class AnchorRelations(nn.Module):
+    """Every position's relation to the one the question asks about: the Relation Networks' ``g``
+    over the pairs (the asked object, each position) only, rather than over all pairs.
+
+    The asked object (the anchor) is an attention-weighted mean of the positions, its weights a
+    softmax over positions of a score from each position and the question; then each position,
+    the anchor and the question go through two 1x1 layers (``g``, ReLU), summed over positions
+    (as the RN sums over pairs), and returned with the anchor itself: ``[B, out_dim]``. Counting
+    the objects that share the anchor's shape, or finding the one closest to it, is then a sum or
+    a comparison per position rather than a product the answer layer has to learn across the
+    flattened map.
+
+    Args:
+        cell_dim: features of each position (with its coordinates).
+        cond_dim: size of the question vector.
+        channels: width of ``g``.
+    """
+
+    def __init__(self, cell_dim: int, cond_dim: int, channels: int) -> None:
+        super().__init__()
+        self.key = nn.Conv1d(cell_dim, channels, 1)
+        self.query = nn.Linear(cond_dim, channels)
+        self.relate = nn.Sequential(
+            nn.Conv1d(2 * cell_dim + cond_dim, channels, 1),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 1),
+            nn.ReLU(),
+        )
+        self.out_dim = channels + cell_dim
+
+    def forward(self, cells: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """``cells`` ``[B, cell_dim, N]``, ``condition`` ``[B, cond_dim]`` -> ``[B, out_dim]``."""
+        scores = torch.einsum("bcn,bc->bn", self.key(cells), self.query(condition))
+        weights = torch.softmax(scores / self.query.out_features**0.5, dim=-1)
+        anchor = torch.einsum("bcn,bn->bc", cells, weights)
+        positions = cells.shape[-1]
+        anchor_everywhere = anchor[..., None].expand(-1, -1, positions)
+        pairs = torch.cat([cells, anchor_everywhere, condition[..., None].expand(-1, -1, positions)], dim=1)
+        return torch.cat([self.relate(pairs).sum(dim=-1), anchor], dim=1)
 
 
 class FiLMFusion(nn.Module):
@@ -237,6 +295,8 @@ class VQAModel(nn.Module):
             this many channels over the images themselves (of shape ``image_shape``), instead of
             FiLM blocks over the image encoder's feature map; ``image_encoder`` is then None.
         image_shape: ``[C, H, W]`` of the images (needed with ``film_pixel_channels`` only).
+        film_relation_channels: with ``film_pixel_channels``, the width of the
+            :class:`AnchorRelations` stage over the CNN's last map (0: none).
     """
 
     def __init__(
@@ -256,6 +316,7 @@ class VQAModel(nn.Module):
         film_coords: bool = False,
         film_pixel_channels: int = 0,
         image_shape: Sequence[int] | None = None,
+        film_relation_channels: int = 0,
     ) -> None:
         super().__init__()
         if image_grid is not None and image_grid < 1:
@@ -297,7 +358,12 @@ class VQAModel(nn.Module):
         dims = [int(present[m].out_dim) for m in self.modalities if m in present]
         if self.film_pixel_channels:
             self.fusion = FiLMPixelCNN(
-                image_shape, self.film_pixel_channels, question_encoder.out_dim, hidden, reference=reference
+                image_shape,
+                self.film_pixel_channels,
+                question_encoder.out_dim,
+                hidden,
+                reference=reference,
+                relation_channels=film_relation_channels,
             )
         elif fusion == "film":
             self.fusion = FiLMFusion(
@@ -356,6 +422,7 @@ VQA_MODEL_DEFAULTS: dict[str, Any] = {
     "film_blocks": 2,
     "film_coords": False,
     "film_pixel_channels": 0,
+    "film_relation_channels": 0,
     "image_grid": 8,
 }
 DATASET_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -371,6 +438,9 @@ DATASET_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         # film: FiLMPixelCNN, 4 question-conditioned convolutions of 24 channels from the pixels
         # (75 -> 5 x 5): FiLM over the encoder's 19 x 19 map never bound colours to objects.
         "film_pixel_channels": 24,
+        # and the AnchorRelations stage of width 64 over its last map: without it the count
+        # questions ("how many objects have X's shape") stayed at the global-counts plateau.
+        "film_relation_channels": 64,
         "num_layers": 4,
         "image_grid": 5,
     },
@@ -403,6 +473,7 @@ def build_vqa_model(
     film_blocks: int | None = None,
     film_coords: bool | None = None,
     film_pixel_channels: int | None = None,
+    film_relation_channels: int | None = None,
     image_grid: int | None = None,
 ) -> VQAModel:
     """A :class:`VQAModel` for dataset ``info`` (images and questions as ``"text"``; the answers are
@@ -420,6 +491,7 @@ def build_vqa_model(
         film_blocks=film_blocks,
         film_coords=film_coords,
         film_pixel_channels=film_pixel_channels,
+        film_relation_channels=film_relation_channels,
         image_grid=image_grid,
     )
     chosen = tuple(sorted(info.modalities if modalities is None else modalities))
@@ -455,4 +527,5 @@ def build_vqa_model(
         film_coords=settings["film_coords"],
         film_pixel_channels=pixel_channels,
         image_shape=info.image_shape,
+        film_relation_channels=settings["film_relation_channels"],
     )
