@@ -433,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f"--runs: expected at least 1, got {args.runs}")
+    # Made before the benchmarks run: a missing folder must not lose their results at the end.
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     if args.gpu:
         return main_gpu(args)
     args.name = args.name or "RESULTS.md"

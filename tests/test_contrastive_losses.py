@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mmfast import _backend
-from mmfast.ops import clip_loss, clip_loss_reference, siglip_loss, siglip_loss_reference
+from mmfast.ops import clip_loss, clip_loss_reference, cpu_gemm, siglip_loss, siglip_loss_reference
 from tests._tolerances import TOLERANCES
 
 compiled = pytest.mark.skipif(not _backend.extension_loaded(), reason="needs the compiled extension")
@@ -93,6 +93,19 @@ def test_siglip_loss_with_more_texts_than_images(dtype):
     scale, bias = _scalars(dtype, True)
     args = [_features(6, 11, dtype, 6), _features(1040, 11, dtype, 7), scale, bias]
     _compare(siglip_loss, siglip_loss_reference, args, {"label_offset": 1030}, dtype)
+
+
+@pytest.mark.parametrize("engine", ["aten", "onednn"])
+@pytest.mark.parametrize(("rows", "texts"), [(37, 37), (1030, 1030), (6, 1040)])
+def test_feature_gradients_on_every_engine(engine, rows, texts):
+    """Each engine of the feature-gradient GEMMs (the text gradient's row-order and transposed
+    products), with one tile (the product handed over as the gradient) and with several (written,
+    then added)."""
+    scale, bias = _scalars(torch.float32, True)
+    args = [_features(rows, 9, torch.float32, 10), _features(texts, 9, torch.float32, 11), scale, bias]
+    with cpu_gemm.force(engine):
+        _compare(clip_loss, clip_loss_reference, args, {"symmetric": rows == texts}, torch.float32)
+        _compare(siglip_loss, siglip_loss_reference, args, {}, torch.float32)
 
 
 def test_open_clip_formulas_hold_for_the_references():

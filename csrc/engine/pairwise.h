@@ -47,10 +47,10 @@ void for_each_product_tile(const at::Tensor& image, const at::Tensor& text,
 // the GEMM engine (tuned as the sites "<op>.grad_image" and "<op>.grad_text": their operands'
 // layouts differ); undefined gradients are skipped. The gradients need no initial value: the
 // first tile of each row block (column 0) and of each column block (row 0) writes them, as
-// for_each_product_tile visits those first.
+// for_each_product_tile visits those first; where that tile spans the whole gradient, the gradient
+// handle is replaced by the tile's product (so pass the handles the op returns).
 void accumulate_feature_grads(const char* image_site, const char* text_site, const at::Tensor& grad,
-                              const TileBounds& tile,
-                              const at::Tensor& image, const at::Tensor& text, const at::Tensor& grad_image,
-                              const at::Tensor& grad_text);
+                              const TileBounds& tile, const at::Tensor& image, const at::Tensor& text,
+                              at::Tensor& grad_image, at::Tensor& grad_text);
 
 }  // namespace mmfast
