@@ -158,6 +158,13 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.mmfast.clip_loss_forward.default, (a, b, scale, bias, 0, True))
     torch.library.opcheck(torch.ops.mmfast.clip_loss_forward.default, (a, b, scale, None, 0, True))
     torch.library.opcheck(torch.ops.mmfast.siglip_loss_forward.default, (a, b, scale, bias, 0))
+    # Called by the autograd formula below autograd (it has no derivative of its own): plain tensors.
+    plain = [t.detach() for t in (a, b, scale, bias)]
+    for mask in ([True, True, True, True], [False, True, False, True]):
+        torch.library.opcheck(torch.ops.mmfast.siglip_loss_forward_with_grads.default, (*plain, 0, mask))
+        clip_with_grads = torch.ops.mmfast.clip_loss_forward_with_grads.default
+        torch.library.opcheck(clip_with_grads, (*plain, 0, True, mask))
+        torch.library.opcheck(clip_with_grads, (*plain[:3], None, 0, True, mask))
 
 
 @compiled
@@ -181,10 +188,68 @@ def test_torch_compile_fullgraph():
 
 @compiled
 def test_second_derivative_raises():
+    """The CPU backward scales the gradients the forward kept: it refuses to build a graph of itself
+    (which would carry no derivative with respect to the inputs) rather than return one."""
     a, b = _features(4, 3, torch.float64, 19), _features(4, 3, torch.float64, 20)
-    (grad,) = torch.autograd.grad(clip_loss(a, b, 2.0), [a], create_graph=True)
-    with pytest.raises(RuntimeError, match="clip_loss_backward is not implemented"):
-        grad.sum().backward()
+    with pytest.raises(NotImplementedError, match="clip_loss has no second derivative"):
+        torch.autograd.grad(clip_loss(a, b, 2.0), [a], create_graph=True)
+    with pytest.raises(NotImplementedError, match="siglip_loss has no second derivative"):
+        torch.autograd.grad(siglip_loss(a, b, 2.0, -1.0), [a], create_graph=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    ("rows", "texts", "symmetric"), [(33, 33, True), (1030, 1030, True), (20, 1040, False)]
+)
+def test_clip_forward_with_grads(dtype, rows, texts, symmetric):
+    """One tile (the gradients from the forward's pass) and several (the tiles passed over again):
+    the loss, the log-sum-exps and the gradients of the loss, and autograd scaling them."""
+    scale, bias = _scalars(dtype, True)
+    a, b = _features(rows, 7, dtype, 25), _features(texts, 7, dtype, 26)
+    offset = 0 if symmetric else 1000
+    loss, row_lse, col_lse, *grads = torch.ops.mmfast.clip_loss_forward_with_grads(
+        a, b, scale, bias, offset, symmetric, [True, True, True, True]
+    )
+    want_loss, want_row_lse, want_col_lse = torch.ops.mmfast.clip_loss_forward(
+        a, b, scale, bias, offset, symmetric
+    )
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(row_lse, want_row_lse)
+    torch.testing.assert_close(col_lse, want_col_lse)
+    reference = clip_loss_reference(a, b, scale, bias, label_offset=offset, symmetric=symmetric)
+    want = torch.autograd.grad(reference, [a, b, scale, bias], torch.tensor(0.75))
+    got = torch.autograd.grad(
+        clip_loss(a, b, scale, bias, label_offset=offset, symmetric=symmetric),
+        [a, b, scale, bias],
+        torch.tensor(0.75),
+    )
+    for g, w, raw in zip(got, want, grads):
+        assert g.dtype == w.dtype and raw.dtype == loss.dtype
+        tolerance = {"rtol": 2e-2, "atol": 1e-4} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-5}
+        if g.dim() == 0 and dtype != torch.float64:  # sums over B x B float32 terms (as in _compare)
+            tolerance = {"rtol": 1e-4, "atol": 1e-4}
+        torch.testing.assert_close(g, w, **tolerance)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_forward_with_grads_scales_by_the_incoming_gradient(dtype):
+    """Autograd on the CPU keeps the gradients the forward's tile pass formed: the backward scales
+    them by the incoming gradient, rounds once to the features' dtype, and returns only those asked
+    for."""
+    scale, bias = _scalars(dtype, True)
+    a, b = _features(33, 7, dtype, 23), _features(33, 7, dtype, 24)
+    for leaves in ([a, b, scale, bias], [b, bias], [a]):
+        got = torch.autograd.grad(siglip_loss(a, b, scale, bias), leaves, torch.tensor(-2.5))
+        want = torch.autograd.grad(siglip_loss_reference(a, b, scale, bias), leaves, torch.tensor(-2.5))
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype
+            torch.testing.assert_close(g, w, rtol=2e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-4)
+    mask = [True, False, True, False]
+    loss, *grads = torch.ops.mmfast.siglip_loss_forward_with_grads(a, b, scale, bias, 0, mask)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    assert loss.dtype == grads[0].dtype == compute and grads[0].shape == a.shape
+    assert grads[1].numel() == 0 and grads[3].numel() == 0 and grads[2].shape == ()
+    torch.testing.assert_close(loss, siglip_loss(a, b, scale, bias))
 
 
 def _good():

@@ -72,8 +72,18 @@ def test_no_op_is_defined_twice():
     assert not [name for name in schemas if "triton" in name]
     for name in NAMES:
         assert {f"mmfast::{name}", f"mmfast::{name}_forward", f"mmfast::{name}_backward"} <= set(schemas)
-    stems = {n.removeprefix("mmfast::").removesuffix("_forward").removesuffix("_backward") for n in schemas}
+    stems = {
+        n.removeprefix("mmfast::")
+        .removesuffix("_forward_with_grads")
+        .removesuffix("_forward")
+        .removesuffix("_backward")
+        for n in schemas
+    }
     assert stems == set(NAMES)
+    # The losses' forward that also returns the gradients (what autograd runs on the CPU).
+    assert {n for n in schemas if n.endswith("_with_grads")} <= {
+        f"mmfast::{n}_forward_with_grads" for n in NAMES
+    }
 
 
 def test_readme_documents_every_op_and_every_folder():

@@ -73,6 +73,13 @@ at::Tensor pairwise_operand(const at::Tensor& features) {
   return features.to(pairwise_compute_type(features.scalar_type())).contiguous();
 }
 
+bool single_product_tile(int64_t rows, int64_t cols) { return rows <= kTileRows && cols <= kTileCols; }
+
+bool single_product_tile(const c10::SymInt& rows, const c10::SymInt& cols) {
+  return rows.sym_le(c10::SymInt(kTileRows)).guard_bool(__FILE__, __LINE__) &&
+         cols.sym_le(c10::SymInt(kTileCols)).guard_bool(__FILE__, __LINE__);
+}
+
 void for_each_product_tile(const at::Tensor& image, const at::Tensor& text,
                            const std::function<void(const TileBounds&, const at::Tensor&)>& visit) {
   const int64_t rows = image.size(0), cols = text.size(0);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
 
 #include <cstdint>
 #include <functional>
@@ -34,6 +35,11 @@ struct TileBounds {
   int64_t rows() const { return row_end - row_begin; }
   int64_t cols() const { return col_end - col_begin; }
 };
+
+// Whether image @ text.T for `rows` images and `cols` texts is one tile (for_each_product_tile);
+// with symbolic sizes (torch.compile), a guard on the bound.
+bool single_product_tile(int64_t rows, int64_t cols);
+bool single_product_tile(const c10::SymInt& rows, const c10::SymInt& cols);
 
 // Calls `visit(bounds, products)` for every tile of image @ text.T, row blocks outer, column blocks
 // inner, in order; `products` is the [rows, cols] tile of raw dot products (no scale or bias), a

@@ -126,8 +126,11 @@ def _register_triton_kernels(descriptor: OpDescriptor, device_types: tuple[str, 
             # MMFAST_BACKEND=triton replaces the C++ CPU kernels on purpose; PyTorch warns that a
             # kernel is overridden.
             warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel.*")
-            for stage in ("forward", "backward"):
-                _library.impl(f"{descriptor.name}_{stage}", _lazy_kernel(descriptor.triton, stage), key)
+            for stage in ("forward", "backward", "forward_with_grads"):
+                # forward_with_grads: the losses' forward that also returns the gradients, where
+                # the extension defines it (its C++ CPU kernel would bypass the Triton kernels).
+                if stage == "forward" or hasattr(torch.ops.mmfast, f"{descriptor.name}_{stage}"):
+                    _library.impl(f"{descriptor.name}_{stage}", _lazy_kernel(descriptor.triton, stage), key)
         _TRITON_KERNELS.add((descriptor.name, device_type))
 
 

@@ -114,6 +114,24 @@ def _register_fakes() -> None:
             image.new_empty([text.shape[0] if symmetric else 0], dtype=dtype),
         )
 
+    @torch.library.register_fake("mmfast::clip_loss_forward_with_grads")
+    def _forward_with_grads_fake(image, text, logit_scale, logit_bias, label_offset, symmetric, mask):
+        loss, row_lse, col_lse = _forward_fake(image, text, logit_scale, logit_bias, label_offset, symmetric)
+        dtype = loss.dtype
+
+        def empty():  # one of its own per gradient left out: outputs do not alias
+            return image.new_empty([0], dtype=dtype)
+
+        return (
+            loss,
+            row_lse,
+            col_lse,
+            image.new_empty(image.shape, dtype=dtype) if mask[0] else empty(),
+            text.new_empty(text.shape, dtype=dtype) if mask[1] else empty(),
+            torch.empty_like(logit_scale) if mask[2] else empty(),
+            torch.empty_like(logit_bias) if mask[3] and logit_bias is not None else empty(),
+        )
+
     @torch.library.register_fake("mmfast::clip_loss_backward")
     def _backward_fake(
         grad, image, text, logit_scale, logit_bias, row_lse, col_lse, label_offset, symmetric, mask

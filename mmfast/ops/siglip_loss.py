@@ -100,6 +100,24 @@ def _register_fakes() -> None:
         )
         return image.new_empty([], dtype=compute_dtype(image.dtype))
 
+    @torch.library.register_fake("mmfast::siglip_loss_forward_with_grads")
+    def _forward_with_grads_fake(image, text, logit_scale, logit_bias, label_offset, mask):
+        check_contrastive_args(
+            image, text, logit_scale, logit_bias, label_offset, square=False, bias_required=True
+        )
+        dtype = compute_dtype(image.dtype)
+
+        def empty():  # one of its own per gradient left out: outputs do not alias
+            return image.new_empty([0], dtype=dtype)
+
+        return (
+            image.new_empty([], dtype=dtype),
+            image.new_empty(image.shape, dtype=dtype) if mask[0] else empty(),
+            text.new_empty(text.shape, dtype=dtype) if mask[1] else empty(),
+            torch.empty_like(logit_scale) if mask[2] else empty(),
+            torch.empty_like(logit_bias) if mask[3] else empty(),
+        )
+
     @torch.library.register_fake("mmfast::siglip_loss_backward")
     def _backward_fake(grad, image, text, logit_scale, logit_bias, label_offset, mask):
         empty = image.new_empty([0])

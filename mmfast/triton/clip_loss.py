@@ -137,6 +137,26 @@ def backward(
     )
 
 
+def forward_with_grads(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None,
+    label_offset: int,
+    symmetric: bool,
+    output_mask: Sequence[bool],
+) -> tuple[torch.Tensor, ...]:
+    """``(loss, row_lse, col_lse, grad_image, grad_text, grad_logit_scale, grad_logit_bias)`` like
+    ``mmfast::clip_loss_forward_with_grads``: :func:`forward`, then :func:`backward` for
+    ``grad_loss = 1`` (these kernels recompute the tiles); the feature gradients in the compute
+    dtype, those not in ``output_mask`` empty ``[0]`` tensors."""
+    loss, row_lse, col_lse = forward(image, text, logit_scale, logit_bias, label_offset, symmetric)
+    tiles = (image, text, logit_scale, logit_bias, row_lse, col_lse, label_offset, symmetric)
+    grads = backward(torch.ones_like(loss), *tiles, output_mask)
+    features = tuple(g.to(loss.dtype) if need else g for g, need in zip(grads[:2], output_mask[:2]))
+    return (loss, row_lse, col_lse, *features, *grads[2:])
+
+
 def aot_cases():
     """The launches of this loss for `python -m mmfast.triton.aot`: CLIP's symmetric loss without a
     bias (open_clip's ClipLoss), every dtype."""

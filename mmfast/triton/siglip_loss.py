@@ -109,6 +109,24 @@ def backward(
     )
 
 
+def forward_with_grads(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    label_offset: int,
+    output_mask: Sequence[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, grad_image, grad_text, grad_logit_scale, grad_logit_bias)`` like
+    ``mmfast::siglip_loss_forward_with_grads``: :func:`forward`, then :func:`backward` for
+    ``grad_loss = 1`` (these kernels recompute the tiles); the feature gradients in the compute
+    dtype, those not in ``output_mask`` empty ``[0]`` tensors."""
+    loss = forward(image, text, logit_scale, logit_bias, label_offset)
+    grads = backward(torch.ones_like(loss), image, text, logit_scale, logit_bias, label_offset, output_mask)
+    features = tuple(g.to(loss.dtype) if need else g for g, need in zip(grads[:2], output_mask[:2]))
+    return (loss, *features, *grads[2:])
+
+
 def aot_cases():
     """The launches of this loss for `python -m mmfast.triton.aot`: SigLIP's loss with its bias,
     every dtype."""

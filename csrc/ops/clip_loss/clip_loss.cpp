@@ -3,9 +3,13 @@
 // composite entry point and the autograd formula, the only one (the CPU kernel is
 // clip_loss_cpu.cpp; the argument checks are shared with the other pairwise loss in engine/pairwise.h).
 //
-// The forward keeps, beyond its inputs, only the row and column log-sum-exps (O(B) numbers); the
-// backward recomputes the logit tiles from the features. `clip_loss_backward` is an op of its own
-// so that torch.compile sees it as one node.
+// On the CPU the autograd formula runs `clip_loss_forward_with_grads`: for a logit matrix of one
+// tile (up to 1024 x 1024) the gradients come out of the forward's own pass over it (three GEMMs in
+// all, as eager code runs, instead of four with a recomputing backward), and the forward keeps
+// them (O(B * D), like the inputs) for the backward to scale by the incoming gradient. Elsewhere
+// (CUDA), the forward keeps beyond its inputs only the row and column log-sum-exps (O(B) numbers)
+// and `clip_loss_backward` recomputes the logit tiles from the features. The backward ops are ops
+// of their own so that torch.compile sees each as one node.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -54,6 +58,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
   });
 }
 
+using WithGradsTuple =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+WithGradsTuple forward_with_grads_op(const at::Tensor& image, const at::Tensor& text, const at::Tensor& logit_scale,
+                                     const std::optional<at::Tensor>& logit_bias, int64_t label_offset,
+                                     bool symmetric, std::array<bool, 4> mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mmfast::clip_loss_forward_with_grads", "")
+                       .typed<WithGradsTuple(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                             const std::optional<at::Tensor>&, int64_t, bool, std::array<bool, 4>)>();
+  return op.call(image, text, logit_scale, logit_bias, label_offset, symmetric, mask);
+}
+
+// Other devices than the CPU: the forward, then the backward for grad_loss = 1.
+WithGradsTuple forward_with_grads_composite(const at::Tensor& image, const at::Tensor& text,
+                                            const at::Tensor& logit_scale, const std::optional<at::Tensor>& logit_bias,
+                                            int64_t label_offset, bool symmetric, std::array<bool, 4> mask) {
+  auto [loss, row_lse, col_lse] = forward_op(image, text, logit_scale, logit_bias, label_offset, symmetric);
+  auto [grad_image, grad_text, grad_scale, grad_bias] = backward_op(
+      at::ones_like(loss), image, text, logit_scale, logit_bias, row_lse, col_lse, label_offset, symmetric, mask);
+  const auto compute = loss.scalar_type();
+  return {loss,
+          row_lse,
+          col_lse,
+          mask[0] ? grad_image.to(compute) : grad_image,
+          mask[1] ? grad_text.to(compute) : grad_text,
+          grad_scale,
+          grad_bias};
+}
+
 class ClipLossFunction : public torch::autograd::Function<ClipLossFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& image, const at::Tensor& text,
@@ -63,11 +97,28 @@ class ClipLossFunction : public torch::autograd::Function<ClipLossFunction> {
     // Gradients of outputs that never reached the loss stay undefined: materialising them would
     // allocate and zero a tensor the size of the output (the preactivation, the gates) per step.
     ctx->set_materialize_grads(false);
-    auto [loss, row_lse, col_lse] = forward_op(image, text, logit_scale, logit_bias, label_offset, symmetric);
     const bool has_bias = logit_bias.has_value() && logit_bias->defined();
     ctx->saved_data["label_offset"] = label_offset;
     ctx->saved_data["symmetric"] = symmetric;
     ctx->saved_data["has_bias"] = has_bias;
+    // The gradients from the forward's pass need a logit matrix of one tile; a larger one would
+    // only move the backward's pass into the forward and keep O(B * D) gradients instead of O(B)
+    // statistics. Sizes may be symbolic under torch.compile: a guard on the tile bound.
+    const bool with_grads = image.device().is_cpu() && single_product_tile(image.sym_size(0), text.sym_size(0));
+    ctx->saved_data["with_grads"] = with_grads;
+    if (with_grads) {
+      const std::array<bool, 4> mask = {image.requires_grad(), text.requires_grad(), logit_scale.requires_grad(),
+                                        has_bias && logit_bias->requires_grad()};
+      auto [loss, row_lse, col_lse, grad_image, grad_text, grad_scale, grad_bias] =
+          forward_with_grads_op(image, text, logit_scale, logit_bias, label_offset, symmetric, mask);
+      ctx->saved_data["image_dtype"] = static_cast<int64_t>(image.scalar_type());
+      ctx->saved_data["text_dtype"] = static_cast<int64_t>(text.scalar_type());
+      ctx->save_for_backward({mask[0] ? grad_image : at::Tensor(), mask[1] ? grad_text : at::Tensor(),
+                              mask[2] ? grad_scale : at::Tensor(), mask[3] ? grad_bias : at::Tensor()});
+      ctx->mark_non_differentiable({row_lse, col_lse});
+      return {loss, row_lse, col_lse};
+    }
+    auto [loss, row_lse, col_lse] = forward_op(image, text, logit_scale, logit_bias, label_offset, symmetric);
     ctx->save_for_backward({image, text, logit_scale, has_bias ? *logit_bias : at::Tensor(), row_lse, col_lse});
     ctx->mark_non_differentiable({row_lse, col_lse});
     return {loss, row_lse, col_lse};
@@ -79,6 +130,24 @@ class ClipLossFunction : public torch::autograd::Function<ClipLossFunction> {
     // One gradient per forward argument: image, text, logit_scale, logit_bias, label_offset, symmetric.
     variable_list result(6);
     if (!grads[0].defined()) {
+      return result;
+    }
+    if (ctx->saved_data["with_grads"].toBool()) {
+      // The loss's gradients, kept by the forward, times the incoming gradient (rounded once to
+      // the features' dtype). Their product would carry no derivative with respect to the inputs,
+      // so a graph of the backward (create_graph=True) must not be built from it silently.
+      TORCH_CHECK_NOT_IMPLEMENTED(!at::GradMode::is_enabled(),
+                                  "derivative for mmfast::clip_loss_forward_with_grads is not implemented: "
+                                  "clip_loss has no second derivative (backward with create_graph=True)");
+      const std::array<at::ScalarType, 2> dtypes = {
+          static_cast<at::ScalarType>(ctx->saved_data["image_dtype"].toInt()),
+          static_cast<at::ScalarType>(ctx->saved_data["text_dtype"].toInt())};
+      for (size_t i = 0; i < 4; ++i) {
+        if (saved[i].defined() && ctx->needs_input_grad(i)) {
+          const at::Tensor scaled = saved[i] * grads[0];
+          result[i] = i < 2 ? scaled.to(dtypes[i]) : scaled;
+        }
+      }
       return result;
     }
     const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
@@ -129,6 +198,14 @@ TORCH_LIBRARY_FRAGMENT(mmfast, m) {
       "clip_loss_backward(Tensor grad_loss, Tensor image_features, Tensor text_features, Tensor logit_scale, "
       "Tensor? logit_bias, Tensor row_lse, Tensor col_lse, int label_offset, bool symmetric, bool[4] output_mask) "
       "-> (Tensor grad_image, Tensor grad_text, Tensor grad_logit_scale, Tensor grad_logit_bias)");
+  m.def(
+      "clip_loss_forward_with_grads(Tensor image_features, Tensor text_features, Tensor logit_scale, "
+      "Tensor? logit_bias, int label_offset, bool symmetric, bool[4] output_mask) -> (Tensor loss, Tensor row_lse, "
+      "Tensor col_lse, Tensor grad_image, Tensor grad_text, Tensor grad_logit_scale, Tensor grad_logit_bias)");
+}
+
+TORCH_LIBRARY_IMPL(mmfast, CompositeExplicitAutograd, m) {
+  m.impl("clip_loss_forward_with_grads", &forward_with_grads_composite);
 }
 
 TORCH_LIBRARY_IMPL(mmfast, CompositeImplicitAutograd, m) {
@@ -139,6 +216,7 @@ TORCH_LIBRARY_IMPL(mmfast, Autograd, m) {
   m.impl("clip_loss_forward", &clip_loss_forward_autograd);
   // A second derivative raises "derivative for mmfast::clip_loss_backward is not implemented".
   m.impl("clip_loss_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("clip_loss_forward_with_grads", torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace mmfast

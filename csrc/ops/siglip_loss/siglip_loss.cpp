@@ -3,8 +3,13 @@
 // composite entry point and the autograd formula, the only one (the CPU kernel is
 // siglip_loss_cpu.cpp; the argument checks are shared in engine/pairwise.h).
 //
-// No normalization: the forward keeps nothing beyond its inputs, and the backward recomputes the
-// logit tiles. `siglip_loss_backward` is an op of its own so that torch.compile sees it as one node.
+// No normalization: each logit's gradient depends on that logit alone, so on the CPU the autograd
+// formula runs `siglip_loss_forward_with_grads`, which forms the gradients in the forward's pass over
+// the logit tiles (three GEMMs per tile, as eager code runs, instead of four with a recomputing
+// backward) and keeps them, O(B * D) like the inputs, for the backward to scale by the incoming
+// gradient. Elsewhere (CUDA) the forward keeps nothing beyond its inputs and `siglip_loss_backward`
+// recomputes the tiles. The backward ops are ops of their own so that torch.compile sees each as one
+// node.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -48,13 +53,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(const at:
   return call_backward_op([&] { return op.call(grad, image, text, logit_scale, logit_bias, label_offset, mask); });
 }
 
+using GradsTuple = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+GradsTuple forward_with_grads_op(const at::Tensor& image, const at::Tensor& text, const at::Tensor& logit_scale,
+                                 const at::Tensor& logit_bias, int64_t label_offset, std::array<bool, 4> mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mmfast::siglip_loss_forward_with_grads", "")
+                       .typed<GradsTuple(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         int64_t, std::array<bool, 4>)>();
+  return op.call(image, text, logit_scale, logit_bias, label_offset, mask);
+}
+
+// Other devices than the CPU: the forward, then the backward for grad_loss = 1.
+GradsTuple forward_with_grads_composite(const at::Tensor& image, const at::Tensor& text, const at::Tensor& logit_scale,
+                                        const at::Tensor& logit_bias, int64_t label_offset,
+                                        std::array<bool, 4> mask) {
+  at::Tensor loss = forward_op(image, text, logit_scale, logit_bias, label_offset);
+  auto [grad_image, grad_text, grad_scale, grad_bias] =
+      backward_op(at::ones_like(loss), image, text, logit_scale, logit_bias, label_offset, mask);
+  const auto compute = loss.scalar_type();
+  return {loss, mask[0] ? grad_image.to(compute) : grad_image, mask[1] ? grad_text.to(compute) : grad_text,
+          grad_scale, grad_bias};
+}
+
 class SiglipLossFunction : public torch::autograd::Function<SiglipLossFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& image, const at::Tensor& text,
                             const at::Tensor& logit_scale, const at::Tensor& logit_bias, int64_t label_offset) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    at::Tensor loss = forward_op(image, text, logit_scale, logit_bias, label_offset);
     ctx->saved_data["label_offset"] = label_offset;
+    const bool with_grads = image.device().is_cpu();
+    ctx->saved_data["with_grads"] = with_grads;
+    if (with_grads) {
+      const std::array<bool, 4> mask = {image.requires_grad(), text.requires_grad(), logit_scale.requires_grad(),
+                                        logit_bias.requires_grad()};
+      auto [loss, grad_image, grad_text, grad_scale, grad_bias] =
+          forward_with_grads_op(image, text, logit_scale, logit_bias, label_offset, mask);
+      ctx->saved_data["image_dtype"] = static_cast<int64_t>(image.scalar_type());
+      ctx->saved_data["text_dtype"] = static_cast<int64_t>(text.scalar_type());
+      ctx->save_for_backward({mask[0] ? grad_image : at::Tensor(), mask[1] ? grad_text : at::Tensor(),
+                              mask[2] ? grad_scale : at::Tensor(), mask[3] ? grad_bias : at::Tensor()});
+      return loss;
+    }
+    at::Tensor loss = forward_op(image, text, logit_scale, logit_bias, label_offset);
     ctx->save_for_backward({image, text, logit_scale, logit_bias});
     return loss;
   }
@@ -64,6 +105,24 @@ class SiglipLossFunction : public torch::autograd::Function<SiglipLossFunction> 
     // One gradient per forward argument: image, text, logit_scale, logit_bias, label_offset.
     variable_list result(5);
     if (!grads[0].defined()) {
+      return result;
+    }
+    if (ctx->saved_data["with_grads"].toBool()) {
+      // The loss's gradients, kept by the forward, times the incoming gradient (rounded once to
+      // the features' dtype). Their product would carry no derivative with respect to the inputs,
+      // so a graph of the backward (create_graph=True) must not be built from it silently.
+      TORCH_CHECK_NOT_IMPLEMENTED(!at::GradMode::is_enabled(),
+                                  "derivative for mmfast::siglip_loss_forward_with_grads is not implemented: "
+                                  "siglip_loss has no second derivative (backward with create_graph=True)");
+      const std::array<at::ScalarType, 2> dtypes = {
+          static_cast<at::ScalarType>(ctx->saved_data["image_dtype"].toInt()),
+          static_cast<at::ScalarType>(ctx->saved_data["text_dtype"].toInt())};
+      for (size_t i = 0; i < 4; ++i) {
+        if (saved[i].defined() && ctx->needs_input_grad(i)) {
+          const at::Tensor scaled = saved[i] * grads[0];
+          result[i] = i < 2 ? scaled.to(dtypes[i]) : scaled;
+        }
+      }
       return result;
     }
     const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
@@ -104,12 +163,21 @@ TORCH_LIBRARY_FRAGMENT(mmfast, m) {
   m.def(
       "siglip_loss_forward(Tensor image_features, Tensor text_features, Tensor logit_scale, Tensor logit_bias, "
       "int label_offset) -> Tensor");
+  m.def(
+      "siglip_loss_forward_with_grads(Tensor image_features, Tensor text_features, Tensor logit_scale, "
+      "Tensor logit_bias, int label_offset, bool[4] output_mask) "
+      "-> (Tensor loss, Tensor grad_image, Tensor grad_text, Tensor grad_logit_scale, Tensor grad_logit_bias)");
+}
+
+TORCH_LIBRARY_IMPL(mmfast, CompositeExplicitAutograd, m) {
+  m.impl("siglip_loss_forward_with_grads", &forward_with_grads_composite);
 }
 
 TORCH_LIBRARY_IMPL(mmfast, Autograd, m) {
   // The composite is the forward op itself here (one output): autograd and kernels on it.
   m.impl("siglip_loss_forward", &siglip_loss_forward_autograd);
   m.impl("siglip_loss_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("siglip_loss_forward_with_grads", torch::autograd::autogradNotImplementedFallback());
 }
 
 TORCH_LIBRARY_IMPL(mmfast, CompositeImplicitAutograd, m) {
