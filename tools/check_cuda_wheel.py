@@ -9,7 +9,8 @@ Python of `.venv-cuda`, where the wheel is installed beside the CUDA build of Py
 2. In a temporary directory, outside the source tree: `import mmfast` works without a GPU and loads
    the compiled extension; every schema of the `mmfast` library belongs to an op of the op registry
    (`mmfast/ops/_registry.py`), and every registered op has its public schema (with its composite
-   kernel), a `_forward` and a `_backward`, each with a CPU and a CUDA kernel; the ops whose
+   kernel), a `_forward` and a `_backward` (and, where the op has one, a `_forward_with_grads`),
+   each with a CPU and a CUDA kernel; the ops whose
    descriptor names C++ CUDA kernels have them in the extension itself (loaded on its own with
    `torch.ops.load_library`, before any Python registration).
 3. The CPU op tests of the test suite (a copy of `tests/`, outside the source tree) and the wheel
