@@ -20,6 +20,7 @@
 #include <tuple>
 
 #include "engine/checks.h"
+#include "engine/forward_grads.h"
 #include "engine/grad_recording.h"
 #include "engine/pairwise.h"
 
@@ -89,10 +90,7 @@ class SiglipLossFunction : public torch::autograd::Function<SiglipLossFunction> 
                                         logit_bias.requires_grad()};
       auto [loss, grad_image, grad_text, grad_scale, grad_bias] =
           forward_with_grads_op(image, text, logit_scale, logit_bias, label_offset, mask);
-      ctx->saved_data["image_dtype"] = static_cast<int64_t>(image.scalar_type());
-      ctx->saved_data["text_dtype"] = static_cast<int64_t>(text.scalar_type());
-      ctx->save_for_backward({mask[0] ? grad_image : at::Tensor(), mask[1] ? grad_text : at::Tensor(),
-                              mask[2] ? grad_scale : at::Tensor(), mask[3] ? grad_bias : at::Tensor()});
+      save_forward_grads(ctx, image, text, {grad_image, grad_text, grad_scale, grad_bias}, mask);
       return loss;
     }
     at::Tensor loss = forward_op(image, text, logit_scale, logit_bias, label_offset);
@@ -107,22 +105,8 @@ class SiglipLossFunction : public torch::autograd::Function<SiglipLossFunction> 
     if (!grads[0].defined()) {
       return result;
     }
-    if (ctx->saved_data["with_grads"].toBool()) {
-      // The loss's gradients, kept by the forward, times the incoming gradient (rounded once to
-      // the features' dtype). Their product would carry no derivative with respect to the inputs,
-      // so a graph of the backward (create_graph=True) must not be built from it silently.
-      TORCH_CHECK_NOT_IMPLEMENTED(!at::GradMode::is_enabled(),
-                                  "derivative for mmfast::siglip_loss_forward_with_grads is not implemented: "
-                                  "siglip_loss has no second derivative (backward with create_graph=True)");
-      const std::array<at::ScalarType, 2> dtypes = {
-          static_cast<at::ScalarType>(ctx->saved_data["image_dtype"].toInt()),
-          static_cast<at::ScalarType>(ctx->saved_data["text_dtype"].toInt())};
-      for (size_t i = 0; i < 4; ++i) {
-        if (saved[i].defined() && ctx->needs_input_grad(i)) {
-          const at::Tensor scaled = saved[i] * grads[0];
-          result[i] = i < 2 ? scaled.to(dtypes[i]) : scaled;
-        }
-      }
+    if (ctx->saved_data["with_grads"].toBool()) {  // the loss's gradients, kept by the forward
+      scale_forward_grads(ctx, saved, grads[0], "siglip_loss", result);
       return result;
     }
     const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
