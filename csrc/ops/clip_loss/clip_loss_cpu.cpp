@@ -6,7 +6,9 @@
 // only them (O(B) numbers) beyond its inputs. Backward: the tiles again, the combined gradient
 // g * (softmax_rows + softmax_cols) / 2B minus the diagonal's g / B formed in one vectorized pass,
 // then two GEMMs per tile accumulate the feature gradients; the scale and bias gradients are sums
-// over the same pass.
+// over the same pass. Forward with gradients (`clip_loss_forward_with_grads`): when the logits are
+// one tile, the gradient pass runs over that tile as soon as its statistics are complete, so its
+// GEMM runs once (three GEMMs in all); larger matrices run the forward, then the backward's pass.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
