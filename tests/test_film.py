@@ -10,6 +10,7 @@ from torch import nn
 from mmfast.nn import FiLM
 from mmfast.nn.reference import ReferenceFiLM
 from mmfast.ops import film, film_reference
+from mmfast.ops.film import stored_channels_last
 from tests._tolerances import (
     GRAD,
     TRITON_INTERPRETED_VS_FLOAT64,
@@ -86,6 +87,55 @@ def test_non_contiguous_and_channels_last():
     strided = features[:, :, ::2]
     torch.testing.assert_close(film(strided, condition.t().contiguous().t(), weight, bias),
                                film_reference(strided, condition, weight, bias))  # fmt: skip
+
+
+def _channels_last(features: torch.Tensor) -> torch.Tensor:
+    """``features`` stored channels last: each sample a dense ``[*spatial, C]`` block."""
+    order = [0, *range(2, features.dim()), 1]
+    inverse = [order.index(d) for d in range(features.dim())]
+    return features.permute(order).contiguous().permute(inverse)
+
+
+# (batch, channels, spatial dims, condition dim) of channels-last maps: 24 channels (the pattern of
+# scales spans 48 elements at 16 lanes), a 5-D map, a transposed [B, L, C] sequence, 257 channels
+# (whose pattern would exceed its cap: row by row), and a sample longer than one task (8 channels x
+# 4480 positions: partial sums across tasks).
+CHANNELS_LAST_SHAPES = [(3, 24, (5, 7), 6), (2, 6, (3, 4, 5), 5), (2, 5, (9,), 3), (2, 257, (3, 2), 4),
+                        (2, 8, (64, 70), 3)]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", CHANNELS_LAST_SHAPES, ids=lambda s: f"C{s[1]}-{len(s[2]) + 2}d")
+def test_channels_last_stays_channels_last(dtype, shape):
+    """A channels-last map (torch.channels_last, channels_last_3d, a transposed [B, L, C]) gives a
+    channels-last output and feature gradient, equal to the reference's, with no copy to contiguous;
+    a contiguous grad_output gives a contiguous feature gradient."""
+    features, condition, weight, bias = _args(*shape, dtype, requires_grad=False)
+    channels_last = _channels_last(features).requires_grad_()
+    assert stored_channels_last(channels_last) and not channels_last.is_contiguous()
+    args = [channels_last, condition.requires_grad_(), weight.requires_grad_(), bias.requires_grad_()]
+    out = film(*args)
+    assert stored_channels_last(out) and out.stride() == channels_last.stride()
+    assert_matches_reference(out, film_reference, args, dtype, distance_dtypes=(torch.bfloat16,))
+    for grad_out in (_channels_last(torch.randn_like(features)), torch.randn_like(features)):
+        fused = torch.autograd.grad(film(*args), args, grad_out)
+        assert stored_channels_last(fused[0]) == stored_channels_last(grad_out)
+        reference = _grads(film_reference, args, grad_out)
+        exact = _grads(film_reference, args, grad_out, torch.float64)
+        assert_grads_match(fused, reference, exact, dtype)
+
+
+def test_channels_last_opcheck_compile_and_gradcheck():
+    features, condition, weight, bias = _args(2, 5, (3, 4), 3, torch.float64)
+    args = [_channels_last(features.detach()).requires_grad_(), condition, weight, bias]
+    assert torch.autograd.gradcheck(film, args)
+    float_args = tuple(a.detach().float().requires_grad_() for a in args)
+    float_args = (_channels_last(float_args[0].detach()).requires_grad_(), *float_args[1:])
+    torch.library.opcheck(torch.ops.mmfast.film_forward.default, float_args)
+    torch.library.opcheck(torch.ops.mmfast.film.default, float_args)
+    compiled = torch.compile(film, fullgraph=True)(*float_args)
+    assert stored_channels_last(compiled)
+    torch.testing.assert_close(compiled, film_reference(*float_args))
 
 
 def test_empty_batch_and_empty_map():
@@ -173,13 +223,19 @@ def test_triton_kernels(dtype):
 
     device = "cpu" if _common.INTERPRETED else "cuda"
     tolerance = TRITON_INTERPRETED_VS_FLOAT64.get(dtype, 1e-12)
-    for shape in [(3, 5, (7, 9), 11), (1, 3, (), 4), (2, 70, (33,), 3), (0, 2, (3,), 2)]:
+    shapes = [(3, 5, (7, 9), 11), (1, 3, (), 4), (2, 70, (33,), 3), (0, 2, (3,), 2)]
+    cases = [*((s, False) for s in shapes), ((3, 5, (7, 9), 11), True), ((2, 70, (33,), 3), True)]
+    for shape, channels_last in cases:
         args = [a.detach().to(device) for a in _args(*shape, dtype)]
+        if channels_last:
+            args[0] = _channels_last(args[0])
         out, modulation = triton_film.forward(*args)
+        assert stored_channels_last(out) == channels_last
         grad = torch.randn_like(out)
         got = triton_film.backward(grad, args[0], args[1], args[2], modulation, [True] * 4)
         exact = _grads(film_reference, args, grad, torch.float64)
         assert_close_to_float64(out, film_reference(*[a.double() for a in args]), tolerance)
+        assert stored_channels_last(got[0]) == stored_channels_last(grad)
         for g, e in zip(got, exact, strict=True):
             assert g.dtype == dtype
             assert_close_to_float64(g, e, tolerance, scaled=True)

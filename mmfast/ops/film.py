@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 from mmfast.ops import _dispatch, _registry
 from mmfast.ops._validation import check_like
+from mmfast.triton._layout import empty_in_layout, stored_channels_last
 
-__all__ = ["film", "film_reference"]
+__all__ = ["film", "film_reference", "stored_channels_last"]
 
 
 def film_reference(
@@ -74,7 +75,9 @@ def film(
         bias: ``[2C]`` or None.
 
     Returns:
-        ``[B, C, *spatial]``, differentiable (once: a second derivative raises) with respect to
+        ``[B, C, *spatial]``, stored like ``features`` where that is channels last (see
+        `stored_channels_last`: ``torch.channels_last``, a transposed ``[B, L, C]``), else contiguous;
+        differentiable (once: a second derivative raises) with respect to
         ``features``, ``condition``, ``weight`` and ``bias``. One GEMM and one pass over the feature
         map; the backward keeps the inputs and ``gamma, beta`` (``B x 2C`` numbers), and makes one
         pass over the feature map before its GEMMs.
@@ -90,7 +93,7 @@ def _register_fakes() -> None:
     @torch.library.register_fake("mmfast::film_forward")
     def _forward_fake(features, condition, weight, bias):
         channels, _ = check_film_args(features, condition, weight, bias)
-        return torch.empty_like(features, memory_format=torch.contiguous_format), features.new_empty(
+        return empty_in_layout(features, stored_channels_last(features)), features.new_empty(
             [features.shape[0], 2 * channels]
         )
 
@@ -98,7 +101,7 @@ def _register_fakes() -> None:
     def _backward_fake(grad_output, features, condition, weight, modulation, output_mask):
         empty = grad_output.new_empty([0])
         return (
-            torch.empty_like(grad_output, memory_format=torch.contiguous_format) if output_mask[0] else empty,
+            empty_in_layout(grad_output, stored_channels_last(grad_output)) if output_mask[0] else empty,
             torch.empty_like(condition, memory_format=torch.contiguous_format) if output_mask[1] else empty,
             torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[2] else empty,
             weight.new_empty([weight.shape[0]]) if output_mask[3] else empty,

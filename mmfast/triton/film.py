@@ -12,10 +12,13 @@ kernels do not take) runs the same steps in PyTorch.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import triton
 
 from mmfast.triton._common import device_guard
+from mmfast.triton._layout import empty_in_layout, in_layout, stored_channels_last
 from mmfast.triton._film_kernels import film_backward_kernel, film_forward_kernel
 
 __all__ = ["backward", "forward"]
@@ -37,6 +40,11 @@ def _backward_blocks(spatial: int) -> tuple[int, int]:
     return min(block_rows, 64), block_s
 
 
+def _strides(channels: int, spatial: int, channels_last: bool) -> tuple[int, int]:
+    """(STRIDE_C, STRIDE_S) of the kernels: where channel c and position s of a sample are."""
+    return (1, channels) if channels_last else (spatial, 1)
+
+
 def _modulation(condition, weight, bias):
     return torch.addmm(bias, condition, weight.t()) if bias is not None else torch.mm(condition, weight.t())
 
@@ -47,7 +55,8 @@ def forward(
     """``(output, modulation [B, 2C])`` like ``mmfast::film_forward`` (its C++ composite has checked
     the arguments)."""
     modulation = _modulation(condition, weight, bias).contiguous()
-    x = features.contiguous()
+    channels_last = stored_channels_last(features)
+    x = in_layout(features, channels_last)
     batch, channels = x.shape[0], x.shape[1]
     rows = batch * channels
     spatial = x.numel() // rows if rows else 0
@@ -55,13 +64,21 @@ def forward(
         gamma, beta = modulation.chunk(2, dim=1)
         shape = [batch, channels] + [1] * (x.dim() - 2)
         return x * (1 + gamma.reshape(shape)) + beta.reshape(shape), modulation
-    out = torch.empty_like(x)
+    out = empty_in_layout(x, channels_last)
     if rows == 0 or spatial == 0:
         return out, modulation
     block_rows, block_s = _blocks(spatial)
     with device_guard(x.device):
         film_forward_kernel[(triton.cdiv(rows, block_rows), triton.cdiv(spatial, block_s))](
-            x, modulation, out, rows, channels, spatial, BLOCK_ROWS=block_rows, BLOCK_S=block_s
+            x,
+            modulation,
+            out,
+            rows,
+            channels,
+            spatial,
+            *_strides(channels, spatial, channels_last),
+            BLOCK_ROWS=block_rows,
+            BLOCK_S=block_s,
         )
     return out, modulation
 
@@ -79,13 +96,14 @@ def backward(
     weight or bias needs a gradient, ``condition`` only for the weight's)."""
     need_features, need_condition, need_weight, need_bias = (bool(m) for m in output_mask)
     need_modulation = need_condition or need_weight or need_bias
-    g = grad_output.contiguous()
+    channels_last = stored_channels_last(grad_output)
+    g = in_layout(grad_output, channels_last)
     batch, channels = g.shape[0], g.shape[1]
     rows = batch * channels
     spatial = g.numel() // rows if rows else 0
     modulation = modulation.contiguous()
     empty = g.new_empty([0])
-    grad_features = torch.empty_like(g) if need_features else empty
+    grad_features = empty_in_layout(g, channels_last) if need_features else empty
     grad_modulation = None
     if g.dtype not in _TRITON_DTYPES:
         shape = [batch, channels] + [1] * (g.dim() - 2)
@@ -100,7 +118,7 @@ def backward(
         if need_modulation:
             grad_modulation = torch.zeros((batch, 2 * channels), dtype=torch.float32, device=g.device)
         if rows > 0 and spatial > 0 and (need_features or need_modulation):
-            x = features.contiguous() if need_modulation else g
+            x = in_layout(features, channels_last) if need_modulation else g
             block_rows, block_s = _backward_blocks(spatial)
             with device_guard(g.device):
                 film_backward_kernel[(triton.cdiv(rows, block_rows),)](
@@ -112,6 +130,7 @@ def backward(
                     rows,
                     channels,
                     spatial,
+                    *_strides(channels, spatial, channels_last),
                     NEED_FEATURES=need_features,
                     NEED_MODULATION=need_modulation,
                     BLOCK_ROWS=block_rows,
@@ -138,14 +157,16 @@ _AOT_BATCH = 512
 
 def aot_cases():
     """The launches of `forward` and `backward` (every gradient) for every dtype, as
-    `mmfast.triton.aot` compiles them (no `tl.dot`: one case per dtype)."""
+    `mmfast.triton.aot` compiles them (no `tl.dot`: one case per dtype), for contiguous and
+    channels-last maps."""
     from mmfast.triton import aot
 
-    for channels, spatial in _AOT_SHAPES:
+    for (channels, spatial), channels_last in itertools.product(_AOT_SHAPES, (False, True)):
         rows = _AOT_BATCH * channels
         block_rows, block_s = _blocks(spatial)
         backward_rows, _ = _backward_blocks(spatial)
-        shape = f"B={_AOT_BATCH} C={channels} S={spatial}"
+        stride_c, stride_s = _strides(channels, spatial, channels_last)
+        shape = f"B={_AOT_BATCH} C={channels} S={spatial}" + (" channels-last" if channels_last else "")
         for variant in aot.variants():
             if variant.precision != "ieee":
                 continue
@@ -159,6 +180,8 @@ def aot_cases():
                     ROWS=rows,
                     C=channels,
                     S=spatial,
+                    STRIDE_C=stride_c,
+                    STRIDE_S=stride_s,
                     BLOCK_ROWS=block_rows,
                     BLOCK_S=block_s,
                 ),
@@ -177,6 +200,8 @@ def aot_cases():
                     ROWS=rows,
                     C=channels,
                     S=spatial,
+                    STRIDE_C=stride_c,
+                    STRIDE_S=stride_s,
                     NEED_FEATURES=True,
                     NEED_MODULATION=True,
                     BLOCK_ROWS=backward_rows,

@@ -20,6 +20,7 @@
 
 #include <array>
 #include <tuple>
+#include <vector>
 
 #include "engine/autocast.h"
 #include "engine/grad_recording.h"
@@ -51,6 +52,39 @@ FilmShape check_film_args(const at::Tensor& features, const at::Tensor& conditio
     check_parameter(*bias, "bias", features, {2 * shape.channels});
   }
   return shape;
+}
+
+namespace {
+
+// [0, 2, ..., dim - 1, 1]: the dims of [B, C, *spatial] in channels-last storage order.
+std::vector<int64_t> channels_last_order(int64_t dim) {
+  std::vector<int64_t> order{0};
+  for (int64_t d = 2; d < dim; ++d) {
+    order.push_back(d);
+  }
+  order.push_back(1);
+  return order;
+}
+
+}  // namespace
+
+bool film_channels_last(const at::Tensor& map) {
+  return map.dim() >= 3 && !map.is_contiguous() && map.permute(channels_last_order(map.dim())).is_contiguous();
+}
+
+at::Tensor film_in_layout(const at::Tensor& map, bool channels_last) {
+  if (!channels_last) {
+    return map.contiguous();
+  }
+  return map.permute(channels_last_order(map.dim())).is_contiguous() ? map
+                                                                     : film_empty_in_layout(map, true).copy_(map);
+}
+
+at::Tensor film_empty_in_layout(const at::Tensor& like, bool channels_last) {
+  if (!channels_last) {
+    return at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
+  }
+  return at::empty_permuted(like.sizes(), channels_last_order(like.dim()), like.options());
 }
 
 namespace {

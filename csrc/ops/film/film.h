@@ -26,4 +26,16 @@ struct FilmShape {
 FilmShape check_film_args(const at::Tensor& features, const at::Tensor& condition, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias);
 
+// Whether `map` [B, C, *spatial] is stored channels last: each sample a dense [*spatial, C] block
+// (torch.channels_last / channels_last_3d, or a [B, L, C] tensor transposed to [B, C, L]) and not
+// also plainly contiguous (C == 1, one position). The op's output (and the feature gradient) keeps
+// that layout, as ATen's element-wise ops do; mmfast.ops.film.stored_channels_last is the same rule.
+bool film_channels_last(const at::Tensor& map);
+
+// `map` in the layout film_channels_last describes (channels_last) or contiguous, copied if need be.
+at::Tensor film_in_layout(const at::Tensor& map, bool channels_last);
+
+// An uninitialised tensor of `like`'s shape, dtype and device in that layout.
+at::Tensor film_empty_in_layout(const at::Tensor& like, bool channels_last);
+
 }  // namespace mmfast
