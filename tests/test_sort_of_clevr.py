@@ -17,6 +17,7 @@ from mmfast.data import collate, dataset_info, load_dataset
 from mmfast.data import sort_of_clevr as soc
 from mmfast.encoders import ImageEncoder, TextEncoder
 from mmfast.models import VQA_FUSIONS, build_vqa_model
+from mmfast.ops.film import stored_channels_last
 from mmfast.models.vqa import (
     AnchorRelations,
     FiLMFusion,
@@ -262,6 +263,33 @@ def test_coordinate_maps_and_model_defaults() -> None:
     assert TrainConfig(task="vqa", dataset="sort-of-clevr").lr == DATASET_LR["sort-of-clevr"] != DEFAULT_LR
     assert TrainConfig(task="vqa", dataset="easy-vqa").lr == DEFAULT_LR
     assert TrainConfig(task="vqa", dataset="sort-of-clevr", lr=0.5).lr == 0.5
+
+
+def test_film_from_the_pixels_runs_channels_last() -> None:
+    """Every map FiLMPixelCNN's layers see is channels last (the convolutions' faster layout), its
+    coordinate channels too, and the result is the one of the same network on contiguous maps."""
+    torch.manual_seed(0)
+    cnn = FiLMPixelCNN((3, 21, 17), channels=4, cond_dim=5, out_dim=6, relation_channels=8)
+    for film in cnn.films:
+        torch.nn.init.normal_(film.weight)
+    seen = []
+    for module in [*cnn.convs, *cnn.norms, *cnn.films]:
+        module.register_forward_pre_hook(lambda _, inputs: seen.append(stored_channels_last(inputs[0])))
+    images, questions = torch.rand(3, 3, 21, 17), torch.randn(3, 5)
+    out = cnn(images, questions)
+    assert len(seen) == 12 and all(seen)
+    maps = coordinate_maps(torch.zeros(2, 5, 3, 4).contiguous(memory_format=torch.channels_last))
+    assert maps.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(maps, coordinate_maps(torch.zeros(2, 5, 3, 4)))
+
+    def contiguous_forward(x: torch.Tensor) -> torch.Tensor:
+        for conv, norm, film in zip(cnn.convs, cnn.norms, cnn.films):
+            x = torch.cat([x, coordinate_maps(x)], dim=1)
+            x = torch.relu(film(norm(conv.to(memory_format=torch.contiguous_format)(x)), questions))
+        cells = torch.cat([x, coordinate_maps(x)], dim=1).flatten(2)
+        return cnn.pool([x.flatten(1), questions, cnn.relations(cells, questions)])
+
+    torch.testing.assert_close(out, contiguous_forward(images), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("fusion", VQA_FUSIONS)

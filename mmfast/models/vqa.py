@@ -64,12 +64,21 @@ IMAGE, QUESTION = "image", "text"
 def coordinate_maps(feature_map: torch.Tensor) -> torch.Tensor:
     """``[B, 2, H, W]``: each position's column (x) and row (y), from -1 to 1, in the dtype and on
     the device of ``feature_map`` ``[B, C, H, W]`` (the coordinate channels of the Relation
-    Networks and FiLM papers)."""
+    Networks and FiLM papers). For a channels-last ``feature_map`` the maps are written out channels
+    last (``torch.cat`` keeps that layout only when all its inputs have it), else they are a
+    broadcast view."""
     batch, _, height, width = feature_map.shape
     options = {"dtype": feature_map.dtype, "device": feature_map.device}
     ys = torch.linspace(-1.0, 1.0, height, **options)[:, None].expand(height, width)
     xs = torch.linspace(-1.0, 1.0, width, **options)[None, :].expand(height, width)
-    return torch.stack([xs, ys]).expand(batch, 2, height, width)
+    maps = torch.stack([xs, ys]).expand(batch, 2, height, width)
+    if _is_channels_last(feature_map):
+        return maps.contiguous(memory_format=torch.channels_last)
+    return maps
+
+
+def _is_channels_last(feature_map: torch.Tensor) -> bool:
+    return feature_map.is_contiguous(memory_format=torch.channels_last) and not feature_map.is_contiguous()
 
 
 class FiLMBlock(nn.Module):
@@ -143,6 +152,8 @@ class FiLMPixelCNN(nn.Module):
             nn.Conv2d((in_channels if i == 0 else channels) + 2, channels, 3, stride=2, padding=1)
             for i in range(layers)
         )
+        # Channels-last kernels too (see forward); the state dict's values are the same.
+        self.convs.to(memory_format=torch.channels_last)
         self.norms = nn.ModuleList(nn.BatchNorm2d(channels, affine=False) for _ in range(layers))
         self.films = nn.ModuleList(
             (ReferenceFiLM if reference else FiLM)(channels, cond_dim) for _ in range(layers)
@@ -165,7 +176,10 @@ class FiLMPixelCNN(nn.Module):
 
     def forward(self, images: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """``images`` ``[B, C, H, W]``, ``condition`` ``[B, cond_dim]`` -> ``[B, out_dim]``."""
-        x = images
+        # Channels last throughout: oneDNN's convolutions (forward and backward) run 1.4-2x faster
+        # on it than on contiguous maps on these CPUs, and the FiLM op, BatchNorm, ReLU and the
+        # concatenations keep it.
+        x = images.contiguous(memory_format=torch.channels_last)
         for conv, norm, film in zip(self.convs, self.norms, self.films):
             x = torch.cat([x, coordinate_maps(x)], dim=1)
             x = torch.relu(film(norm(conv(x)), condition))
