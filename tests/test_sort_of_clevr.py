@@ -17,7 +17,6 @@ from mmfast.data import collate, dataset_info, load_dataset
 from mmfast.data import sort_of_clevr as soc
 from mmfast.encoders import ImageEncoder, TextEncoder
 from mmfast.models import VQA_FUSIONS, build_vqa_model
-from mmfast.ops.film import stored_channels_last
 from mmfast.models.vqa import (
     AnchorRelations,
     FiLMFusion,
@@ -26,6 +25,7 @@ from mmfast.models.vqa import (
     coordinate_maps,
     vqa_model_settings,
 )
+from mmfast.ops.film import stored_channels_last
 from mmfast.train.config import DATASET_EPOCHS, DATASET_LR, DEFAULT_LR, TASK_EPOCHS, TrainConfig
 
 TINY = {"num_train": 6, "num_val": 2, "num_test": 3}

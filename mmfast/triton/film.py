@@ -18,8 +18,8 @@ import torch
 import triton
 
 from mmfast.triton._common import device_guard
-from mmfast.triton._layout import empty_in_layout, in_layout, stored_channels_last
 from mmfast.triton._film_kernels import film_backward_kernel, film_forward_kernel
+from mmfast.triton._layout import empty_in_layout, in_layout, stored_channels_last
 
 __all__ = ["backward", "forward"]
 
