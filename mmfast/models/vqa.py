@@ -152,8 +152,6 @@ class FiLMPixelCNN(nn.Module):
             nn.Conv2d((in_channels if i == 0 else channels) + 2, channels, 3, stride=2, padding=1)
             for i in range(layers)
         )
-        # Channels-last kernels too (see forward); the state dict's values are the same.
-        self.convs.to(memory_format=torch.channels_last)
         self.norms = nn.ModuleList(nn.BatchNorm2d(channels, affine=False) for _ in range(layers))
         self.films = nn.ModuleList(
             (ReferenceFiLM if reference else FiLM)(channels, cond_dim) for _ in range(layers)
@@ -176,10 +174,9 @@ class FiLMPixelCNN(nn.Module):
 
     def forward(self, images: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """``images`` ``[B, C, H, W]``, ``condition`` ``[B, cond_dim]`` -> ``[B, out_dim]``."""
-        # Channels last throughout: oneDNN's convolutions (forward and backward) run 1.4-2x faster
-        # on it than on contiguous maps on these CPUs, and the FiLM op, BatchNorm, ReLU and the
-        # concatenations keep it.
-        x = images.contiguous(memory_format=torch.channels_last)
+        # After `self.to(memory_format=torch.channels_last)` the maps stay channels last from the
+        # first convolution on (its weight decides), the coordinate maps and the FiLM op included.
+        x = images
         for conv, norm, film in zip(self.convs, self.norms, self.films):
             x = torch.cat([x, coordinate_maps(x)], dim=1)
             x = torch.relu(film(norm(conv(x)), condition))
