@@ -1,6 +1,8 @@
 """film against its eager reference (a linear FiLM generator, `chunk`, the broadcast multiply-add)
 and torch.compile of it: forward and forward+backward, float32 and bfloat16, feature maps 64x8x8
-and 128x16x16 conditioned on 128-d vectors, batch 1, 64 and 512."""
+and 128x16x16 conditioned on 128-d vectors, batch 1, 64 and 512; and channels-last maps (every
+implementation given the same channels-last tensor): 128x16x16, and Sort-of-CLEVR's first FiLM'd
+map, 24 channels at 38x38."""
 
 from __future__ import annotations
 
@@ -12,14 +14,15 @@ from mmfast.ops import film, film_reference
 
 OP = "film"
 COND_DIM = 128
-# (channels, height, width)
-MAPS = ((64, 8, 8), (128, 16, 16))
+# (channels, height, width, channels last)
+MAPS = ((64, 8, 8, False), (128, 16, 16, False), (128, 16, 16, True), (24, 38, 38, True))
 QUICK_BATCHES = (64,)
+CHANNELS_LAST = " channels-last"
 
 
 def _cases():
-    for channels, height, width in MAPS:
-        shape = f"{channels}x{height}x{width}"
+    for channels, height, width, channels_last in MAPS:
+        shape = f"{channels}x{height}x{width}" + (CHANNELS_LAST if channels_last else "")
         for batch in (1, 64, 512):
             for dtype in ("float32", "bfloat16"):
                 for mode in ("forward", "forward+backward"):
@@ -29,12 +32,15 @@ def _cases():
 
 
 def _problem(shape: str, batch: int, dtype: torch.dtype, backward: bool):
-    channels, height, width = (int(v) for v in shape.split("x"))
+    channels, height, width = (int(v) for v in shape.removesuffix(CHANNELS_LAST).split("x"))
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(batch, channels, height, width, generator=generator)
+    if shape.endswith(CHANNELS_LAST):
+        features = features.contiguous(memory_format=torch.channels_last)
     condition = torch.randn(batch, COND_DIM, generator=generator)
     weight = torch.randn(2 * channels, COND_DIM, generator=generator) / COND_DIM**0.5
     bias = torch.randn(2 * channels, generator=generator)
+    # .to keeps the channels-last layout (memory_format=torch.preserve_format).
     return [t.to(dtype).requires_grad_(backward) for t in (features, condition, weight, bias)]
 
 
