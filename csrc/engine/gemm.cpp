@@ -255,6 +255,10 @@ at::Tensor float32_linear(const at::Tensor& x, const at::Tensor& w, const std::o
 }
 
 at::Tensor run_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate>& candidates) {
+  return candidates[choose_fastest(shape_key, candidates)].run();
+}
+
+size_t choose_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate>& candidates) {
   TORCH_INTERNAL_ASSERT(!candidates.empty());
   const TuneKey key = size_classes_of(shape_key);
   std::string forced;
@@ -268,16 +272,16 @@ at::Tensor run_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate
   // A timed choice can differ between processes, and the candidates round differently; under
   // torch.use_deterministic_algorithms(True) every call takes the plain ATen path instead.
   if (at::globalContext().deterministicAlgorithms()) {
-    return candidates[0].run();
+    return 0;
   }
   const bool onednn_ok = onednn_supports(key.dtype);
   if (!forced.empty()) {
-    for (const auto& candidate : candidates) {
-      if (forced == candidate.name && (onednn_ok || !is_onednn(candidate))) {
-        return candidate.run();
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      if (forced == candidates[i].name && (onednn_ok || !is_onednn(candidates[i]))) {
+        return i;
       }
     }
-    return candidates[0].run();
+    return 0;
   }
   std::string remembered;
   {
@@ -289,9 +293,9 @@ at::Tensor run_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate
   }
   // Run outside the lock: a candidate may itself run GEMM sites (segments_linear_backward's).
   if (!remembered.empty()) {
-    for (const auto& candidate : candidates) {
-      if (remembered == candidate.name) {
-        return candidate.run();
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      if (remembered == candidates[i].name) {
+        return i;
       }
     }
   }
@@ -394,7 +398,7 @@ at::Tensor run_fastest(const TuneKey& shape_key, const std::vector<GemmCandidate
   // The candidates grew scratch buffers that the one chosen may never use again (a float32 gather
   // beside the bfloat16 one): free them, once per size class; the chosen engine allocates its own.
   release_scratch_buffers();
-  return candidates[best].run();
+  return best;
 }
 
 }  // namespace mmfast::cpu

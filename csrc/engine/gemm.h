@@ -72,6 +72,12 @@ struct GemmCandidate {
 // runs: timed choices can differ between processes, and the candidates' results differ in rounding.
 at::Tensor run_fastest(const TuneKey& key, const std::vector<GemmCandidate>& candidates);
 
+// The index of the candidate run_fastest would run for `key` (timing them on the first call of a
+// size class, as it does), without running it: for sites that time out-of-place candidates and
+// then write the chosen engine's result in place (into a view, or accumulating into a tensor),
+// which a timed candidate must not do, as it runs several times.
+size_t choose_fastest(const TuneKey& key, const std::vector<GemmCandidate>& candidates);
+
 // The engine every GEMM site runs where it offers it ("" for none: the timed choice), as set by
 // force_gemm_engine or, before its first call, by MMFAST_CPU_GEMM. Throws c10::ValueError while an
 // unknown MMFAST_CPU_GEMM value is in force.

@@ -199,30 +199,51 @@ std::pair<at::Tensor, at::Tensor> segments_linear_backward(const LinearBackwardS
   return {grad_input, grad_weight};
 }
 
+namespace {
+
+// a @ b in a's dtype ("aten") or in float32 ("aten_float32"): the candidates of a reduced-precision
+// product, timed out of place.
+std::vector<GemmCandidate> product_candidates(const at::Tensor& a, const at::Tensor& b) {
+  return {{"aten", [&] { return at::mm(a, b); }},
+          {"aten_float32", [&] { return at::mm(a.to(at::kFloat), b.to(at::kFloat)); }}};
+}
+
+// Whether the reduced-precision product a @ b is fastest in a's dtype (ATen's bfloat16 GEMM, which
+// accumulates in float32) rather than in float32.
+bool product_in_own_dtype(GemmSite site, const at::Tensor& a, const at::Tensor& b) {
+  const TuneKey key{site, a.size(0), b.size(1), a.size(1), a.scalar_type(), 0};
+  const auto candidates = product_candidates(a, b);
+  return std::string(candidates[choose_fastest(key, candidates)].name) == "aten";
+}
+
+}  // namespace
+
 at::Tensor matmul_on_fastest_engine(GemmSite site, const at::Tensor& a, const at::Tensor& b) {
   if (!is_reduced_precision(a.scalar_type())) {
     return at::mm(a, b);
   }
   const TuneKey key{site, a.size(0), b.size(1), a.size(1), a.scalar_type(), 0};
-  return run_fastest(key, {{"aten", [&] { return at::mm(a, b); }},
-                           {"aten_float32", [&] { return at::mm(a.to(at::kFloat), b.to(at::kFloat)); }}});
+  return run_fastest(key, product_candidates(a, b));
 }
 
+// In a's dtype the GEMM writes `out` itself (a strided view: BLAS's leading dimension), or
+// accumulates into it (beta = 1: one rounding), instead of a product tensor copied or added in
+// another pass.
 void matmul_into(GemmSite site, const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  if (!is_reduced_precision(out.scalar_type())) {
+  if (!is_reduced_precision(out.scalar_type()) || product_in_own_dtype(site, a, b)) {
     at::Tensor result = out;
     at::mm_out(result, a, b);
     return;
   }
-  out.copy_(matmul_on_fastest_engine(site, a, b));
+  out.copy_(at::mm(a.to(at::kFloat), b.to(at::kFloat)));
 }
 
 void add_matmul(GemmSite site, const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  if (!is_reduced_precision(out.scalar_type())) {
+  if (!is_reduced_precision(out.scalar_type()) || product_in_own_dtype(site, a, b)) {
     out.addmm_(a, b);
     return;
   }
-  out.add_(matmul_on_fastest_engine(site, a, b));
+  out.add_(at::mm(a.to(at::kFloat), b.to(at::kFloat)));
 }
 
 }  // namespace mmfast::cpu
