@@ -34,10 +34,12 @@ def _blocks(spatial: int) -> tuple[int, int]:
     return max(1, _BLOCK_ELEMENTS // block_s), block_s
 
 
-def _backward_blocks(spatial: int) -> tuple[int, int]:
-    """The backward's blocks: at most 64 rows, whose two float32 sums each program keeps."""
+def _backward_blocks(spatial: int, channels_last: bool) -> tuple[int, int]:
+    """The backward's blocks: at most 64 rows, whose two float32 sums each program keeps; at most
+    32 over a channels-last map, whose 64-bit offsets (a runtime position stride) take more
+    registers: at 64 rows x 64 positions the float32 kernel spills on sm_90 with triton 3.8."""
     block_rows, block_s = _blocks(spatial)
-    return min(block_rows, 64), block_s
+    return min(block_rows, 32 if channels_last else 64), block_s
 
 
 def _strides(channels: int, spatial: int, channels_last: bool) -> tuple[int, int]:
@@ -119,7 +121,7 @@ def backward(
             grad_modulation = torch.zeros((batch, 2 * channels), dtype=torch.float32, device=g.device)
         if rows > 0 and spatial > 0 and (need_features or need_modulation):
             x = in_layout(features, channels_last) if need_modulation else g
-            block_rows, block_s = _backward_blocks(spatial)
+            block_rows, block_s = _backward_blocks(spatial, channels_last)
             with device_guard(g.device):
                 film_backward_kernel[(triton.cdiv(rows, block_rows),)](
                     g,
@@ -164,7 +166,7 @@ def aot_cases():
     for (channels, spatial), channels_last in itertools.product(_AOT_SHAPES, (False, True)):
         rows = _AOT_BATCH * channels
         block_rows, block_s = _blocks(spatial)
-        backward_rows, _ = _backward_blocks(spatial)
+        backward_rows, _ = _backward_blocks(spatial, channels_last)
         stride_c, stride_s = _strides(channels, spatial, channels_last)
         shape = f"B={_AOT_BATCH} C={channels} S={spatial}" + (" channels-last" if channels_last else "")
         for variant in aot.variants():
