@@ -29,7 +29,8 @@ FilmShape check_film_args(const at::Tensor& features, const at::Tensor& conditio
 // Whether `map` [B, C, *spatial] is stored channels last: each sample a dense [*spatial, C] block
 // (torch.channels_last / channels_last_3d, or a [B, L, C] tensor transposed to [B, C, L]) and not
 // also plainly contiguous (C == 1, one position). The op's output (and the feature gradient) keeps
-// that layout, as ATen's element-wise ops do; mmfast.ops.film.stored_channels_last is the same rule.
+// that layout, as ATen's element-wise ops do; mmfast/triton/_layout.py (stored_channels_last, for the
+// fakes and the Triton launcher) is the same rule.
 bool film_channels_last(const at::Tensor& map);
 
 // `map` in the layout film_channels_last describes (channels_last) or contiguous, copied if need be.
