@@ -74,9 +74,12 @@ def test_audio_encoder_without_lengths_uses_every_frame() -> None:
         AudioEncoder(6, kernel_size=4)
 
 
+@pytest.mark.parametrize("bag_of_words", [False, True])
 @pytest.mark.parametrize("kind", ["lstm", "transformer"])
-def test_text_encoder_ignores_padding(kind: str) -> None:
-    encoder = TextEncoder(50, out_dim=16, kind=kind, embed_dim=16, hidden=24, num_layers=2).eval()
+def test_text_encoder_ignores_padding(kind: str, bag_of_words: bool) -> None:
+    encoder = TextEncoder(
+        50, out_dim=16, kind=kind, embed_dim=16, hidden=24, num_layers=2, bag_of_words=bag_of_words
+    ).eval()
     sequences = [torch.randint(1, 50, (n,)) for n in (5, 11, 1)]
     _pad_and_compare(encoder, sequences, extra=4, padding_value=0)
     batch, lengths = pad_sequences(sequences)
@@ -84,14 +87,34 @@ def test_text_encoder_ignores_padding(kind: str) -> None:
     assert torch.allclose(encoder(batch), encoder(batch, lengths), atol=1e-6)
 
 
+@pytest.mark.parametrize("bag_of_words", [False, True])
 @pytest.mark.parametrize("kind", ["lstm", "transformer"])
-def test_text_encoder_gradients_reach_every_parameter(kind: str) -> None:
-    encoder = TextEncoder(30, out_dim=8, kind=kind, embed_dim=8, hidden=8)
+def test_text_encoder_gradients_reach_every_parameter(kind: str, bag_of_words: bool) -> None:
+    encoder = TextEncoder(30, out_dim=8, kind=kind, embed_dim=8, hidden=8, bag_of_words=bag_of_words)
     batch, lengths = pad_sequences([torch.randint(1, 30, (n,)) for n in (3, 6)])
     encoder(batch, lengths).sum().backward()
     for name, param in encoder.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
     assert encoder.embedding.weight.grad[0].abs().sum() == 0  # the pad embedding never trains
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_text_encoder_bag_of_words_adds_the_mean_embedding(kind: str) -> None:
+    torch.manual_seed(0)
+    plain = TextEncoder(40, out_dim=6, kind=kind, embed_dim=8, hidden=8).eval()
+    bag = TextEncoder(40, out_dim=6, kind=kind, embed_dim=8, hidden=8, bag_of_words=True).eval()
+    # The other parameters are those of the encoder without it (created in the same order).
+    assert set(bag.state_dict()) - set(plain.state_dict()) == {"bag_of_words.weight", "bag_of_words.bias"}
+    bag.load_state_dict({**plain.state_dict(), **{k: v for k, v in bag.state_dict().items() if "bag" in k}})
+    batch, lengths = pad_sequences([torch.randint(1, 40, (n,)) for n in (4, 9, 2)])
+    mean_embedding = torch.stack(
+        [bag.embedding(batch[i, :n]).mean(dim=0) for i, n in enumerate(lengths.tolist())]
+    )
+    expected = plain(batch, lengths) + bag.bag_of_words(mean_embedding)
+    torch.testing.assert_close(bag(batch, lengths), expected)
+    both = bag.forward_with_tokens(batch, lengths)
+    torch.testing.assert_close(both.pooled, expected)
+    torch.testing.assert_close(both.tokens, plain.forward_tokens(batch, lengths)[0])
 
 
 def test_text_encoder_checks() -> None:

@@ -37,6 +37,15 @@ class TextEncoder(nn.Module):
     carry the sinusoidal positions of its input); :meth:`forward_with_tokens` returns the pooled
     vector and the tokens of one pass.
 
+    With ``bag_of_words`` the pooled vector also gets a projection of the mean of the token
+    embeddings, a path no gate can close for one kind of sentence: a word's contribution is the
+    same in every sentence (scaled by its length). Why: an LSTM can learn to drop a word in one
+    template only. On Sort-of-CLEVR a run whose count questions ("how many objects have the shape
+    of the red object?") were first answered from the image alone learnt to drop the colour from
+    those questions (its pooled vectors of that template no longer varied with the colour), and
+    then nothing after the encoder could learn to use it: the count questions stayed at the
+    answer the image alone gives.
+
     Args:
         vocab_size: number of token ids (special tokens included).
         out_dim: size of the output features.
@@ -47,6 +56,7 @@ class TextEncoder(nn.Module):
         num_heads: attention heads (transformer).
         dropout: dropout between layers.
         pad_id: the padding token id (its embedding stays zero).
+        bag_of_words: add the projected mean of the token embeddings to the pooled vector.
     """
 
     def __init__(
@@ -60,6 +70,7 @@ class TextEncoder(nn.Module):
         num_heads: int = 4,
         dropout: float = 0.1,
         pad_id: int = 0,
+        bag_of_words: bool = False,
     ) -> None:
         super().__init__()
         if kind not in TEXT_ENCODER_KINDS:
@@ -96,6 +107,8 @@ class TextEncoder(nn.Module):
                 layer, num_layers, norm=nn.LayerNorm(embed_dim), enable_nested_tensor=False
             )
             self.proj = nn.Linear(embed_dim, out_dim)
+        # Created last, so that the other parameters are initialised as without it.
+        self.bag_of_words = nn.Linear(embed_dim, out_dim) if bag_of_words else None
 
     def _lengths(self, tokens: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         if tokens.dim() != 2 or tokens.dtype not in (torch.int32, torch.int64):
@@ -107,35 +120,51 @@ class TextEncoder(nn.Module):
 
     def _run(
         self, tokens: torch.Tensor, lengths: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Per-position outputs ``[B, L, D]``, the padding mask and (LSTM) the final states ``[B, D]``."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Per-position outputs ``[B, L, D]``, the padding mask, (LSTM) the final states ``[B, D]`` and
+        (with ``bag_of_words``) the projected mean of the token embeddings ``[B, out_dim]``."""
         lengths = self._lengths(tokens, lengths)
         steps = tokens.shape[1]
         padding_mask = lengths_to_padding_mask(lengths, steps).to(tokens.device)
         embedded = self.embedding(tokens)
+        bag = None if self.bag_of_words is None else self.bag_of_words(masked_mean(embedded, padding_mask))
         if self.kind == "lstm":
             packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
             outputs, (h_n, _) = self.lstm(packed)
             outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=steps)
             final = torch.cat([h_n[-2], h_n[-1]], dim=-1)
-            return outputs, padding_mask, final
+            return outputs, padding_mask, final, bag
         scale = math.sqrt(embedded.shape[-1])
         x = embedded * scale + sinusoidal_positions(steps, embedded.shape[-1], tokens.device)
         outputs = self.transformer(x, src_key_padding_mask=padding_mask)
-        return outputs, padding_mask, None
+        return outputs, padding_mask, None, bag
+
+    def _pooled(
+        self,
+        sequence: torch.Tensor | None,
+        outputs: torch.Tensor,
+        padding_mask: torch.Tensor,
+        final: torch.Tensor | None,
+        bag: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The LSTM's projected final states, or the mean of the transformer's projected tokens
+        (``sequence``, computed here when None); plus ``bag``."""
+        if final is not None:
+            pooled = self.proj(final)
+        else:
+            pooled = masked_mean(self.proj(outputs) if sequence is None else sequence, padding_mask)
+        return pooled if bag is None else pooled + bag
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, out_dim]`` from ids ``[B, L]`` and int64 ``lengths`` ``[B]`` (default: non-pad count)."""
-        outputs, padding_mask, final = self._run(tokens, lengths)
-        if final is not None:
-            return self.proj(final)
-        return masked_mean(self.proj(outputs), padding_mask)
+        outputs, padding_mask, final, bag = self._run(tokens, lengths)
+        return self._pooled(None, outputs, padding_mask, final, bag)
 
     def forward_tokens(
         self, tokens: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected per-position outputs ``[B, L, out_dim]`` and the padding mask ``[B, L]``."""
-        outputs, padding_mask, _ = self._run(tokens, lengths)
+        outputs, padding_mask, _, _ = self._run(tokens, lengths)
         return self.proj(outputs), padding_mask
 
     def forward_with_tokens(
@@ -143,7 +172,7 @@ class TextEncoder(nn.Module):
     ) -> EncoderOutputs:
         """The pooled ``[B, out_dim]`` (as :meth:`forward`), the token sequence ``[B, L, out_dim]``
         and its padding mask (as :meth:`forward_tokens`), from one pass of the LSTM or Transformer."""
-        outputs, padding_mask, final = self._run(tokens, lengths)
+        outputs, padding_mask, final, bag = self._run(tokens, lengths)
         sequence = self.proj(outputs)
-        pooled = self.proj(final) if final is not None else masked_mean(sequence, padding_mask)
+        pooled = self._pooled(sequence, outputs, padding_mask, final, bag)
         return EncoderOutputs(pooled, sequence, padding_mask)
