@@ -265,15 +265,21 @@ def test_coordinate_maps_and_model_defaults() -> None:
     assert TrainConfig(task="vqa", dataset="sort-of-clevr", lr=0.5).lr == 0.5
 
 
-def test_film_from_the_pixels_runs_channels_last() -> None:
-    """After ``.to(memory_format=torch.channels_last)`` every map FiLMPixelCNN's layers see after
-    the first convolution is channels last (oneDNN's faster layout), its coordinate channels too,
-    and the result is the one of the same network on contiguous maps."""
+@pytest.mark.parametrize("how", ["setting", "module.to"])
+def test_film_from_the_pixels_runs_channels_last(how: str) -> None:
+    """With ``channels_last=True`` (Sort-of-CLEVR's setting), or after
+    ``.to(memory_format=torch.channels_last)``, every map FiLMPixelCNN's layers see after the first
+    convolution is channels last (oneDNN's faster layout), its coordinate channels too, and the
+    result is the one of the same network on contiguous maps."""
     torch.manual_seed(0)
-    cnn = FiLMPixelCNN((3, 21, 17), channels=4, cond_dim=5, out_dim=6, relation_channels=8)
+    cnn = FiLMPixelCNN(
+        (3, 21, 17), channels=4, cond_dim=5, out_dim=6, relation_channels=8, channels_last=how == "setting"
+    )
     for film in cnn.films:
         torch.nn.init.normal_(film.weight)
-    cnn.to(memory_format=torch.channels_last)
+    if how == "module.to":
+        cnn.to(memory_format=torch.channels_last)
+    assert all(conv.weight.is_contiguous(memory_format=torch.channels_last) for conv in cnn.convs)
     seen = []
     for module in [*cnn.convs[1:], *cnn.norms, *cnn.films]:
         module.register_forward_pre_hook(lambda _, inputs: seen.append(stored_channels_last(inputs[0])))
@@ -370,6 +376,13 @@ def test_film_settings_and_checks() -> None:
     info = dataset_info("sort-of-clevr", **TINY, image_size=32)
     assert vqa_model_settings("sort-of-clevr")["film_pixel_channels"] > 0
     assert vqa_model_settings("easy-vqa")["film_pixel_channels"] == 0
+    # The question's pooled vector sees the mean word embedding where a fusion reads that vector.
+    assert vqa_model_settings("sort-of-clevr")["text_bag_of_words"]
+    assert not vqa_model_settings("easy-vqa")["text_bag_of_words"]
+    assert build_vqa_model(info, fusion="film", hidden=16).encoders["text"].bag_of_words is not None
+    assert build_vqa_model(info, fusion="transformer", hidden=16).encoders["text"].bag_of_words is None
+    assert build_vqa_model(info, fusion="film", hidden=16).fusion.channels_last
+    assert not build_vqa_model(info, fusion="film", hidden=16, film_channels_last=False).fusion.channels_last
     blocks = build_vqa_model(info, fusion="film", hidden=16, film_pixel_channels=0)
     assert isinstance(blocks.fusion, FiLMFusion) and set(blocks.encoders) == {"image", "text"}
     assert all(block.conv1.in_channels == block.conv2.in_channels + 2 for block in blocks.fusion.blocks)

@@ -129,6 +129,9 @@ class FiLMPixelCNN(nn.Module):
         layers: strided convolutions (each halves the side, rounding up: 75 -> 38 -> 19 -> 10 -> 5).
         reference: the ``FiLM`` and ``ConcatLinear`` layers from :mod:`mmfast.nn.reference`.
         relation_channels: width of the :class:`AnchorRelations` stage (0: none).
+        channels_last: run the convolutions channels last (the images are converted in
+            :meth:`forward`): oneDNN's convolutions are faster on that layout, and the FiLM op and
+            the coordinate maps keep it. The result is the same up to rounding.
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class FiLMPixelCNN(nn.Module):
         layers: int = 4,
         reference: bool = False,
         relation_channels: int = 0,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if len(image_shape) != 3 or min(image_shape) < 1:
@@ -152,6 +156,9 @@ class FiLMPixelCNN(nn.Module):
             nn.Conv2d((in_channels if i == 0 else channels) + 2, channels, 3, stride=2, padding=1)
             for i in range(layers)
         )
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.convs.to(memory_format=torch.channels_last)
         self.norms = nn.ModuleList(nn.BatchNorm2d(channels, affine=False) for _ in range(layers))
         self.films = nn.ModuleList(
             (ReferenceFiLM if reference else FiLM)(channels, cond_dim) for _ in range(layers)
@@ -176,7 +183,7 @@ class FiLMPixelCNN(nn.Module):
         """``images`` ``[B, C, H, W]``, ``condition`` ``[B, cond_dim]`` -> ``[B, out_dim]``."""
         # After `self.to(memory_format=torch.channels_last)` the maps stay channels last from the
         # first convolution on (its weight decides), the coordinate maps and the FiLM op included.
-        x = images
+        x = images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
         for conv, norm, film in zip(self.convs, self.norms, self.films):
             x = torch.cat([x, coordinate_maps(x)], dim=1)
             x = torch.relu(film(norm(conv(x)), condition))
@@ -308,6 +315,7 @@ class VQAModel(nn.Module):
         image_shape: ``[C, H, W]`` of the images (needed with ``film_pixel_channels`` only).
         film_relation_channels: with ``film_pixel_channels``, the width of the
             :class:`AnchorRelations` stage over the CNN's last map (0: none).
+        film_channels_last: with ``film_pixel_channels``, the CNN runs channels last.
     """
 
     def __init__(
@@ -328,6 +336,7 @@ class VQAModel(nn.Module):
         film_pixel_channels: int = 0,
         image_shape: Sequence[int] | None = None,
         film_relation_channels: int = 0,
+        film_channels_last: bool = False,
     ) -> None:
         super().__init__()
         if image_grid is not None and image_grid < 1:
@@ -375,6 +384,7 @@ class VQAModel(nn.Module):
                 hidden,
                 reference=reference,
                 relation_channels=film_relation_channels,
+                channels_last=film_channels_last,
             )
         elif fusion == "film":
             self.fusion = FiLMFusion(
@@ -434,7 +444,9 @@ VQA_MODEL_DEFAULTS: dict[str, Any] = {
     "film_coords": False,
     "film_pixel_channels": 0,
     "film_relation_channels": 0,
+    "film_channels_last": False,
     "image_grid": 8,
+    "text_bag_of_words": False,
 }
 DATASET_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     # 75 x 75 images of six 11-pixel objects: a strided stem (the objects stay several pixels
@@ -452,8 +464,14 @@ DATASET_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         # and the AnchorRelations stage of width 64 over its last map: without it the count
         # questions ("how many objects have X's shape") stayed at the global-counts plateau.
         "film_relation_channels": 64,
+        # channels last: a training step 15% faster on 2 cores (oneDNN's convolutions).
+        "film_channels_last": True,
         "num_layers": 4,
         "image_grid": 5,
+        # The question's pooled vector also sees the mean of its word embeddings (TextEncoder's
+        # bag_of_words): in runs without it the LSTM learnt to drop the colour from the count
+        # questions' template, which then stayed at the answer the image alone gives.
+        "text_bag_of_words": True,
     },
 }
 
@@ -485,7 +503,9 @@ def build_vqa_model(
     film_coords: bool | None = None,
     film_pixel_channels: int | None = None,
     film_relation_channels: int | None = None,
+    film_channels_last: bool | None = None,
     image_grid: int | None = None,
+    text_bag_of_words: bool | None = None,
 ) -> VQAModel:
     """A :class:`VQAModel` for dataset ``info`` (images and questions as ``"text"``; the answers are
     its classes): an :class:`~mmfast.encoders.ImageEncoder` with ``image_channels`` (its tokens with
@@ -503,7 +523,9 @@ def build_vqa_model(
         film_coords=film_coords,
         film_pixel_channels=film_pixel_channels,
         film_relation_channels=film_relation_channels,
+        film_channels_last=film_channels_last,
         image_grid=image_grid,
+        text_bag_of_words=text_bag_of_words,
     )
     chosen = tuple(sorted(info.modalities if modalities is None else modalities))
     if not chosen or len(set(chosen)) != len(chosen) or not set(chosen) <= {IMAGE, QUESTION}:
@@ -522,7 +544,14 @@ def build_vqa_model(
             stem_stride=settings["stem_stride"],
         )
     if QUESTION in chosen:
-        question_encoder = TextEncoder(info.vocab_size, hidden, kind=text_encoder, pad_id=info.pad_id)
+        question_encoder = TextEncoder(
+            info.vocab_size,
+            hidden,
+            kind=text_encoder,
+            pad_id=info.pad_id,
+            # The transformer fusion reads the question's tokens, not its pooled vector.
+            bag_of_words=settings["text_bag_of_words"] and fusion != "transformer",
+        )
     return VQAModel(
         image_encoder,
         question_encoder,
@@ -539,4 +568,5 @@ def build_vqa_model(
         film_pixel_channels=pixel_channels,
         image_shape=info.image_shape,
         film_relation_channels=settings["film_relation_channels"],
+        film_channels_last=settings["film_channels_last"],
     )
