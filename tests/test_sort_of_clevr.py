@@ -7,6 +7,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import runpy
+import sys
+from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -422,6 +426,15 @@ def test_train_and_evaluate_on_a_fresh_test_set(fusion: str, tmp_path, capsys) -
     assert "generated with seed 11" in printed and "accuracy non_relational" in printed
     assert main(["evaluate", str(out / "best.pt"), "--data-seed", "11", "--split", "val"]) == 2
     assert "test split only" in capsys.readouterr().err
+    if fusion == "film":  # the README's diagnosis: accuracy and the colour spread per subtype
+        probe = Path(__file__).resolve().parents[1] / "tools" / "sort_of_clevr_probe.py"
+        with patch.object(sys, "argv", [str(probe), str(out / "best.pt"), "--data-seed", "11"]):
+            runpy.run_path(str(probe), run_name="__main__")
+        lines = capsys.readouterr().out.splitlines()
+        rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[2:]}
+        assert "seed 11 (60 questions)" in lines[0] and set(rows) == set(soc.QUESTION_SUBTYPES)
+        assert rows["shape"][1] == 1.0 and all(0.0 <= row[0] <= 1.0 for row in rows.values())
+        assert fresh["accuracy_by_subtype"]["count"] == pytest.approx(rows["count"][0])
 
 
 def test_data_seed_is_refused_for_easy_vqa(tmp_path, capsys) -> None:

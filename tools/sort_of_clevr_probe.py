@@ -78,7 +78,10 @@ def main() -> None:
     side = 5
     cell = np.minimum(np.round(centres / 16), side - 1)
     cell_index = (cell[:, 1] * side + cell[:, 0]).astype(np.int64)
-    weights = torch.cat(captured).numpy() if captured else None
+    # The anchor's cells are those of the 5 x 5 map of 75-pixel images (the default size).
+    image_size = config.dataset_options.get("image_size", sort_of_clevr.IMAGE_SIZE)
+    at_default_size = image_size == sort_of_clevr.IMAGE_SIZE
+    weights = torch.cat(captured).numpy() if captured and at_default_size else None
     print(f"{args.checkpoint} on the test set of seed {seed} ({len(dataset)} questions)")
     header = f"{'subtype':<11}{'accuracy':>9}{'colour spread':>15}"
     if weights is not None and weights.shape[1] == side * side:
