@@ -60,9 +60,7 @@ def main() -> None:
     if relations is not None:
 
         def keep_weights(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            cells, condition = inputs
-            scores = torch.einsum("bcn,bc->bn", module.key(cells), module.query(condition))
-            captured.append(torch.softmax(scores / module.query.out_features**0.5, dim=-1))
+            captured.append(module.attention(*inputs))
 
         relations.register_forward_pre_hook(keep_weights)
     questions, correct = [], []

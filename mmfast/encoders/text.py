@@ -120,45 +120,46 @@ class TextEncoder(nn.Module):
 
     def _run(
         self, tokens: torch.Tensor, lengths: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Per-position outputs ``[B, L, D]``, the padding mask, (LSTM) the final states ``[B, D]`` and
-        (with ``bag_of_words``) the projected mean of the token embeddings ``[B, out_dim]``."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Per-position outputs ``[B, L, D]``, the padding mask, (LSTM) the final states ``[B, D]``
+        and the token embeddings ``[B, L, embed_dim]``."""
         lengths = self._lengths(tokens, lengths)
         steps = tokens.shape[1]
         padding_mask = lengths_to_padding_mask(lengths, steps).to(tokens.device)
         embedded = self.embedding(tokens)
-        bag = None if self.bag_of_words is None else self.bag_of_words(masked_mean(embedded, padding_mask))
         if self.kind == "lstm":
             packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
             outputs, (h_n, _) = self.lstm(packed)
             outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=steps)
             final = torch.cat([h_n[-2], h_n[-1]], dim=-1)
-            return outputs, padding_mask, final, bag
+            return outputs, padding_mask, final, embedded
         scale = math.sqrt(embedded.shape[-1])
         x = embedded * scale + sinusoidal_positions(steps, embedded.shape[-1], tokens.device)
         outputs = self.transformer(x, src_key_padding_mask=padding_mask)
-        return outputs, padding_mask, None, bag
+        return outputs, padding_mask, None, embedded
 
     def _pooled(
         self,
-        sequence: torch.Tensor | None,
         outputs: torch.Tensor,
         padding_mask: torch.Tensor,
         final: torch.Tensor | None,
-        bag: torch.Tensor | None,
+        embedded: torch.Tensor,
+        sequence: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The LSTM's projected final states, or the mean of the transformer's projected tokens
-        (``sequence``, computed here when None); plus ``bag``."""
+        (``sequence``, computed here when None); with ``bag_of_words``, plus the projected mean of
+        the token embeddings."""
         if final is not None:
             pooled = self.proj(final)
         else:
             pooled = masked_mean(self.proj(outputs) if sequence is None else sequence, padding_mask)
-        return pooled if bag is None else pooled + bag
+        if self.bag_of_words is not None:
+            pooled = pooled + self.bag_of_words(masked_mean(embedded, padding_mask))
+        return pooled
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, out_dim]`` from ids ``[B, L]`` and int64 ``lengths`` ``[B]`` (default: non-pad count)."""
-        outputs, padding_mask, final, bag = self._run(tokens, lengths)
-        return self._pooled(None, outputs, padding_mask, final, bag)
+        return self._pooled(*self._run(tokens, lengths))
 
     def forward_tokens(
         self, tokens: torch.Tensor, lengths: torch.Tensor | None = None
@@ -172,7 +173,7 @@ class TextEncoder(nn.Module):
     ) -> EncoderOutputs:
         """The pooled ``[B, out_dim]`` (as :meth:`forward`), the token sequence ``[B, L, out_dim]``
         and its padding mask (as :meth:`forward_tokens`), from one pass of the LSTM or Transformer."""
-        outputs, padding_mask, final, bag = self._run(tokens, lengths)
+        outputs, padding_mask, final, embedded = self._run(tokens, lengths)
         sequence = self.proj(outputs)
-        pooled = self._pooled(sequence, outputs, padding_mask, final, bag)
+        pooled = self._pooled(outputs, padding_mask, final, embedded, sequence)
         return EncoderOutputs(pooled, sequence, padding_mask)

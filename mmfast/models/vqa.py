@@ -223,11 +223,15 @@ class AnchorRelations(nn.Module):
         )
         self.out_dim = channels + cell_dim
 
+    def attention(self, cells: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """The anchor's weights over the positions ``[B, N]`` (a softmax of each position's key
+        against the question's query)."""
+        scores = torch.einsum("bcn,bc->bn", self.key(cells), self.query(condition))
+        return torch.softmax(scores / self.query.out_features**0.5, dim=-1)
+
     def forward(self, cells: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """``cells`` ``[B, cell_dim, N]``, ``condition`` ``[B, cond_dim]`` -> ``[B, out_dim]``."""
-        scores = torch.einsum("bcn,bc->bn", self.key(cells), self.query(condition))
-        weights = torch.softmax(scores / self.query.out_features**0.5, dim=-1)
-        anchor = torch.einsum("bcn,bn->bc", cells, weights)
+        anchor = torch.einsum("bcn,bn->bc", cells, self.attention(cells, condition))
         positions = cells.shape[-1]
         anchor_everywhere = anchor[..., None].expand(-1, -1, positions)
         pairs = torch.cat([cells, anchor_everywhere, condition[..., None].expand(-1, -1, positions)], dim=1)
