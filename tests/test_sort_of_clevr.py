@@ -22,6 +22,7 @@ from mmfast.data import sort_of_clevr as soc
 from mmfast.encoders import ImageEncoder, TextEncoder
 from mmfast.models import VQA_FUSIONS, build_vqa_model
 from mmfast.models.vqa import (
+    DATASET_MODEL_DEFAULTS,
     AnchorRelations,
     FiLMFusion,
     FiLMPixelCNN,
@@ -30,6 +31,8 @@ from mmfast.models.vqa import (
     vqa_model_settings,
 )
 from mmfast.ops.film import stored_channels_last
+from mmfast.train.build import build_model
+from mmfast.train.checkpoint import checkpoint_config
 from mmfast.train.config import DATASET_EPOCHS, DATASET_LR, DEFAULT_LR, TASK_EPOCHS, TrainConfig
 
 TINY = {"num_train": 6, "num_val": 2, "num_test": 3}
@@ -376,6 +379,37 @@ def test_anchor_relations() -> None:
         FiLMPixelCNN((3, 75, 75), 4, 5, 6, relation_channels=-1)
 
 
+@pytest.mark.parametrize("relation_layer", [2, 3])
+def test_anchor_relations_on_an_earlier_map(relation_layer: int) -> None:
+    """With ``relation_layer`` the relations read the map after that many convolutions (finer:
+    19 x 16 or 10 x 8 positions here instead of 5 x 4), the answer layer still the last map."""
+    torch.manual_seed(0)
+    options = {"channels": 4, "cond_dim": 5, "out_dim": 6, "relation_channels": 8}
+    cnn = FiLMPixelCNN((3, 75, 61), **options, relation_layer=relation_layer)
+    for film in cnn.films:
+        torch.nn.init.normal_(film.weight)
+    images, questions = torch.rand(2, 3, 75, 61), torch.randn(2, 5)
+    positions = []
+    cnn.relations.register_forward_pre_hook(lambda _, inputs: positions.append(inputs[0].shape[-1]))
+    out = cnn(images, questions)
+    assert positions == [{2: 19 * 16, 3: 10 * 8}[relation_layer]]
+
+    def by_hand(x: torch.Tensor) -> torch.Tensor:
+        for layer, (conv, norm, film) in enumerate(zip(cnn.convs, cnn.norms, cnn.films), start=1):
+            x = torch.relu(film(norm(conv(torch.cat([x, coordinate_maps(x)], dim=1))), questions))
+            if layer == relation_layer:
+                relations = cnn.relations(torch.cat([x, coordinate_maps(x)], dim=1).flatten(2), questions)
+        return cnn.pool([x.flatten(1), questions, relations])
+
+    torch.testing.assert_close(out, by_hand(images))
+    # Same parameters whatever the layer (a checkpoint does not say which map it read).
+    last = FiLMPixelCNN((3, 75, 61), **options)
+    assert last.relation_layer == 4 and last.state_dict().keys() == cnn.state_dict().keys()
+    for wrong in (-1, 5):
+        with pytest.raises(ValueError, match="relation_layer: expected 1 to layers=4, or 0"):
+            FiLMPixelCNN((3, 75, 75), **options, relation_layer=wrong)
+
+
 def test_film_settings_and_checks() -> None:
     info = dataset_info("sort-of-clevr", **TINY, image_size=32)
     assert vqa_model_settings("sort-of-clevr")["film_pixel_channels"] > 0
@@ -401,6 +435,28 @@ def test_film_settings_and_checks() -> None:
         VQAModel(None, question, "film", 10, hidden=8, film_pixel_channels=-1)
     with pytest.raises(ValueError, match="needs the image and the question"):
         build_vqa_model(info, fusion="film", modalities=["text"], hidden=16)
+
+
+def test_the_config_records_the_model_settings() -> None:
+    """A VQA run's config holds its model's settings, resolved: its checkpoints rebuild that model
+    after the defaults change, also where the weights would not show it (the map the relations
+    read)."""
+    config = TrainConfig(task="vqa", dataset="sort-of-clevr", fusion="film")
+    assert config.model_settings == vqa_model_settings("sort-of-clevr")
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    chosen = TrainConfig(
+        task="vqa", dataset="sort-of-clevr", fusion="film", model_settings={"film_relation_layer": 3}
+    )
+    assert chosen.model_settings == {**config.model_settings, "film_relation_layer": 3}
+    assert build_model(chosen).fusion.relation_layer == 3
+    with pytest.raises(ValueError, match="unknown VQA model setting"):
+        TrainConfig(task="vqa", dataset="easy-vqa", model_settings={"colours": 3})
+    with pytest.raises(ValueError, match="model_settings: only task='vqa'"):
+        TrainConfig(model_settings={"film_blocks": 2})
+    saved = {"config": config.to_dict()}
+    with patch.dict(DATASET_MODEL_DEFAULTS["sort-of-clevr"], {"film_relation_layer": 2}):
+        assert TrainConfig(task="vqa", dataset="sort-of-clevr").model_settings["film_relation_layer"] == 2
+        assert build_model(checkpoint_config(saved, "run/best.pt")).fusion.relation_layer == 4
 
 
 @pytest.mark.parametrize("fusion", ["film", "concat"])

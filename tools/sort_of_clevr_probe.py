@@ -11,9 +11,9 @@ On the test set of the run (or one generated afresh with ``--data-seed``), for e
   features), relative to the same figure for the shape questions (1 for them). Near zero, the
   question encoder has dropped the colour from that template, and nothing after it can know which
   object is asked about;
-- with an ``AnchorRelations`` stage: the anchor's softmax weight on the cell of the 5 x 5 map that
-  holds the asked object's centre (``weight at X``; uniform is 0.04) and how often that cell has the
-  largest weight (``argmax at X``).
+- with an ``AnchorRelations`` stage: the anchor's softmax weight on the cell of the map it reads
+  (5 x 5 by default) that holds the asked object's centre (``weight at X``; uniform is 1 / cells)
+  and how often that cell has the largest weight (``argmax at X``).
 
 Why: the runs that stayed on the count plateau (count questions answered from the number of
 squares alone) all had a colour share near zero for the count questions only (README, Sort-of-CLEVR).
@@ -72,11 +72,14 @@ def main() -> None:
             questions.append(model.encoders["text"](batch["text"], batch.get("text_lengths")))
     correct_all = torch.cat(correct).numpy()
     vectors = torch.cat(questions).numpy()
-    # The last map's cell j (4 convolutions of stride 2, padding 1) is centred on pixel 16 j.
-    side = 5
-    cell = np.minimum(np.round(centres / 16), side - 1)
+    # After k convolutions of stride 2 and padding 1 the map's cell j is centred on pixel 2^k j.
+    layer = model.fusion.relation_layer if relations is not None else 0
+    side = sort_of_clevr.IMAGE_SIZE
+    for _ in range(layer):
+        side = (side + 1) // 2
+    cell = np.minimum(np.round(centres / 2**layer), side - 1)
     cell_index = (cell[:, 1] * side + cell[:, 0]).astype(np.int64)
-    # The anchor's cells are those of the 5 x 5 map of 75-pixel images (the default size).
+    # The anchor's cells are those of the map of 75-pixel images (the default size).
     image_size = config.dataset_options.get("image_size", sort_of_clevr.IMAGE_SIZE)
     at_default_size = image_size == sort_of_clevr.IMAGE_SIZE
     weights = torch.cat(captured).numpy() if captured and at_default_size else None

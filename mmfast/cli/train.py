@@ -34,9 +34,11 @@ DATASET_OPTIONS = (
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The training config of ``mmfast train``'s arguments: every field from the option of the same
-    name (the parser gives each the field's default), dataset options only when given."""
+    name (the parser gives each the field's default), dataset options only when given; the model
+    settings are the dataset's defaults (no option)."""
     options = {name: getattr(args, name) for name in DATASET_OPTIONS if getattr(args, name) is not None}
-    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "dataset_options"]
+    not_options = ("dataset_options", "model_settings")
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in not_options]
     return TrainConfig(dataset_options=options, **{name: getattr(args, name) for name in fields})
 
 

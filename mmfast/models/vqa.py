@@ -110,8 +110,8 @@ class FiLMPixelCNN(nn.Module):
     """A CNN conditioned on the question from its first layer: ``layers`` x (the input with its
     :func:`coordinate_maps` -> conv3x3 stride 2 -> BatchNorm without affine -> :class:`FiLM` by the
     question -> ReLU), then the flattened map and the question (and, with ``relation_channels``,
-    the :class:`AnchorRelations` of the last map's positions with their coordinates) into a
-    ``ConcatLinear`` + ReLU layer: ``[B, out_dim]``.
+    the :class:`AnchorRelations` of the positions of the map after ``relation_layer``
+    convolutions, with their coordinates) into a ``ConcatLinear`` + ReLU layer: ``[B, out_dim]``.
 
     Why from the pixels: on Sort-of-CLEVR every question is about "the X object", and a CNN that
     does not know the question pools all six objects into features from which a late fusion only
@@ -129,6 +129,9 @@ class FiLMPixelCNN(nn.Module):
         layers: strided convolutions (each halves the side, rounding up: 75 -> 38 -> 19 -> 10 -> 5).
         reference: the ``FiLM`` and ``ConcatLinear`` layers from :mod:`mmfast.nn.reference`.
         relation_channels: width of the :class:`AnchorRelations` stage (0: none).
+        relation_layer: the relations read the map after this many convolutions (1 to
+            ``layers``; 0: the last map). An earlier map has 4x the positions per layer: a
+            finer grid of the objects' positions, for the questions about distances.
         channels_last: run the convolutions channels last (the images are converted in
             :meth:`forward`): oneDNN's convolutions are faster on that layout, and the FiLM op and
             the coordinate maps keep it. The result is the same up to rounding.
@@ -144,6 +147,7 @@ class FiLMPixelCNN(nn.Module):
         reference: bool = False,
         relation_channels: int = 0,
         channels_last: bool = False,
+        relation_layer: int = 0,
     ) -> None:
         super().__init__()
         if len(image_shape) != 3 or min(image_shape) < 1:
@@ -170,6 +174,11 @@ class FiLMPixelCNN(nn.Module):
             height, width = (height + 1) // 2, (width + 1) // 2
         if relation_channels < 0:
             raise ValueError(f"relation_channels: expected >= 0 (0: off), got {relation_channels}")
+        if not 0 <= relation_layer <= layers:
+            raise ValueError(
+                f"relation_layer: expected 1 to layers={layers}, or 0 (the last), got {relation_layer}"
+            )
+        self.relation_layer = int(relation_layer) or layers
         self.relations = (
             AnchorRelations(channels + 2, cond_dim, relation_channels) if relation_channels else None
         )
@@ -184,12 +193,16 @@ class FiLMPixelCNN(nn.Module):
         # After `self.to(memory_format=torch.channels_last)` the maps stay channels last from the
         # first convolution on (its weight decides), the coordinate maps and the FiLM op included.
         x = images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
-        for conv, norm, film in zip(self.convs, self.norms, self.films):
+        relations = None
+        for layer, (conv, norm, film) in enumerate(zip(self.convs, self.norms, self.films), start=1):
             x = torch.cat([x, coordinate_maps(x)], dim=1)
             x = torch.relu(film(norm(conv(x)), condition))
+            if self.relations is not None and layer == self.relation_layer:
+                cells = torch.cat([x, coordinate_maps(x)], dim=1).flatten(2)
+                relations = self.relations(cells, condition)
         features = [x.flatten(1), condition]
-        if self.relations is not None:
-            features.append(self.relations(torch.cat([x, coordinate_maps(x)], dim=1).flatten(2), condition))
+        if relations is not None:
+            features.append(relations)
         return self.pool(features)
 
 
@@ -318,7 +331,9 @@ class VQAModel(nn.Module):
             FiLM blocks over the image encoder's feature map; ``image_encoder`` is then None.
         image_shape: ``[C, H, W]`` of the images (needed with ``film_pixel_channels`` only).
         film_relation_channels: with ``film_pixel_channels``, the width of the
-            :class:`AnchorRelations` stage over the CNN's last map (0: none).
+            :class:`AnchorRelations` stage (0: none).
+        film_relation_layer: the relations read the CNN's map after this many convolutions
+            (0: the last; :class:`FiLMPixelCNN`'s ``relation_layer``).
         film_channels_last: with ``film_pixel_channels``, the CNN runs channels last.
     """
 
@@ -341,6 +356,7 @@ class VQAModel(nn.Module):
         image_shape: Sequence[int] | None = None,
         film_relation_channels: int = 0,
         film_channels_last: bool = False,
+        film_relation_layer: int = 0,
     ) -> None:
         super().__init__()
         if image_grid is not None and image_grid < 1:
@@ -389,6 +405,7 @@ class VQAModel(nn.Module):
                 reference=reference,
                 relation_channels=film_relation_channels,
                 channels_last=film_channels_last,
+                relation_layer=film_relation_layer,
             )
         elif fusion == "film":
             self.fusion = FiLMFusion(
@@ -448,6 +465,7 @@ VQA_MODEL_DEFAULTS: dict[str, Any] = {
     "film_coords": False,
     "film_pixel_channels": 0,
     "film_relation_channels": 0,
+    "film_relation_layer": 0,
     "film_channels_last": False,
     "image_grid": 8,
     "text_bag_of_words": False,
@@ -507,6 +525,7 @@ def build_vqa_model(
     film_coords: bool | None = None,
     film_pixel_channels: int | None = None,
     film_relation_channels: int | None = None,
+    film_relation_layer: int | None = None,
     film_channels_last: bool | None = None,
     image_grid: int | None = None,
     text_bag_of_words: bool | None = None,
@@ -527,6 +546,7 @@ def build_vqa_model(
         film_coords=film_coords,
         film_pixel_channels=film_pixel_channels,
         film_relation_channels=film_relation_channels,
+        film_relation_layer=film_relation_layer,
         film_channels_last=film_channels_last,
         image_grid=image_grid,
         text_bag_of_words=text_bag_of_words,
@@ -572,5 +592,6 @@ def build_vqa_model(
         film_pixel_channels=pixel_channels,
         image_shape=info.image_shape,
         film_relation_channels=settings["film_relation_channels"],
+        film_relation_layer=settings["film_relation_layer"],
         film_channels_last=settings["film_channels_last"],
     )

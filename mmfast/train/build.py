@@ -26,6 +26,7 @@ def build_model(config: TrainConfig) -> nn.Module:
             dropout=config.dropout,
             reference=config.reference,
             text_encoder=config.text_encoder,
+            **config.model_settings,
         )
     return build_classifier(
         info,

@@ -43,6 +43,11 @@ class TrainConfig:
         dataset: ``"av-digits"``, ``"synthetic"``, ``"scenes"`` (retrieval needs image and text) or
             ``"easy-vqa"`` (for ``task="vqa"``).
         dataset_options: options of the dataset (see :func:`mmfast.data.load_dataset`).
+        model_settings: ``task="vqa"``: settings of the model (the keys of
+            :data:`mmfast.models.vqa.VQA_MODEL_DEFAULTS`) in place of the dataset's defaults
+            (:func:`mmfast.models.vqa.vqa_model_settings`); the config holds every setting,
+            resolved, so that a checkpoint rebuilds the model it was trained with after the
+            defaults change. Empty for the other tasks.
         fusion: ``"concat"``, ``"gated"``, ``"attention"`` or ``"transformer"`` (and, for
             ``task="vqa"``, ``"film"``).
         modalities: the modalities to train on (default: all of the dataset's).
@@ -72,6 +77,7 @@ class TrainConfig:
     task: str = "classification"
     dataset: str = "av-digits"
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    model_settings: dict[str, Any] = field(default_factory=dict)
     fusion: str = "concat"
     modalities: list[str] | None = None
     reference: bool = False
@@ -120,6 +126,13 @@ class TrainConfig:
             )
         if self.task == "vqa" and self.dataset not in VQA_DATASETS:
             raise ValueError(f"dataset: task='vqa' trains on {', '.join(VQA_DATASETS)}, got {self.dataset!r}")
+        if self.task == "vqa":
+            # Imported here: the command line reads this module for its defaults without torch.
+            from mmfast.models.vqa import vqa_model_settings
+
+            self.model_settings = vqa_model_settings(self.dataset, **self.model_settings)
+        elif self.model_settings:
+            raise ValueError(f"model_settings: only task='vqa' has model settings, got {self.model_settings}")
         if self.text_encoder not in TEXT_ENCODER_CHOICES:
             raise ValueError(
                 f"text_encoder: expected one of {', '.join(TEXT_ENCODER_CHOICES)}, got {self.text_encoder!r}"
