@@ -246,8 +246,54 @@ def test_dataset_splits_and_collation() -> None:
     assert torch.equal(bigger[0]["image"], splits["test"][0]["image"])
 
 
+def test_training_images_flipped_with_their_answers() -> None:
+    """Every read of a training sample is one of its image's four flips, drawn at random, and its
+    label is the answer read off the flipped pixels; validation and test images never flip."""
+    train = load_dataset("sort-of-clevr", "train", **TINY, flips=True)
+    assert dataset_info("sort-of-clevr").options["flips"] is False
+    scenes = soc.scenes(8, 0, "train")
+    torch.manual_seed(0)
+    flips_seen, labels_seen = set(), {}
+    for index in range(len(train)):
+        image, question = 2 + index // 20, index % 20  # the first 2 images are the validation split
+        original = torch.from_numpy(scenes.images[image]).permute(2, 0, 1).float() / 255
+        colour = scenes.colours[image, question]
+        name = soc.QUESTION_SUBTYPES[scenes.subtypes[image, question]]
+        for _ in range(4):
+            sample = train[index]
+            candidates = ((), (-1,), (-2,), (-1, -2))
+            flips = [dims for dims in candidates if torch.equal(sample["image"], original.flip(dims))]
+            assert len(flips) == 1
+            pixels = (sample["image"].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+            expected = _expected_answer(_objects_from_pixels(pixels), colour, name)
+            assert soc.ANSWERS[int(sample["label"])] == expected
+            flips_seen.add(flips[0])
+            labels_seen.setdefault((name, index), set()).add(int(sample["label"]))
+    # Each flip happened, and flips changed the answers of left / top questions, no other answer.
+    assert flips_seen == {(), (-1,), (-2,), (-1, -2)}
+    changed = {name for (name, _), labels in labels_seen.items() if len(labels) > 1}
+    assert changed == {"horizontal", "vertical"}
+    # The same seed, the same flips; validation and test images as drawn.
+    torch.manual_seed(1)
+    first = [train[i]["image"] for i in range(10)]
+    torch.manual_seed(1)
+    assert all(torch.equal(a, train[i]["image"]) for i, a in enumerate(first))
+    def as_drawn(dataset, drawn: soc.Scenes, first_image: int) -> bool:
+        images = torch.from_numpy(drawn.images[first_image:]).permute(0, 3, 1, 2) / 255
+        return all(
+            torch.equal(dataset[i]["image"], images[i // 20])
+            and int(dataset[i]["label"]) == drawn.answers[first_image + i // 20, i % 20]
+            for i in range(len(dataset))
+        )
+
+    assert as_drawn(load_dataset("sort-of-clevr", "val", **TINY, flips=True), scenes, 0)
+    assert as_drawn(load_dataset("sort-of-clevr", "test", **TINY, flips=True), soc.scenes(3, 0, "test"), 0)
+    assert as_drawn(load_dataset("sort-of-clevr", "train", **TINY), scenes, 2)  # the default: no flips
+
+
 @pytest.mark.parametrize(
-    ("options", "message"), [({"num_train": 0}, "num_train"), ({"colours": 3}, "unknown")]
+    ("options", "message"),
+    [({"num_train": 0}, "num_train"), ({"colours": 3}, "unknown"), ({"flips": 1}, "flips: expected True")],
 )
 def test_bad_options(options, message) -> None:
     with pytest.raises(ValueError, match=message):
@@ -463,9 +509,12 @@ def test_the_config_records_the_model_settings() -> None:
 def test_train_and_evaluate_on_a_fresh_test_set(fusion: str, tmp_path, capsys) -> None:
     out = tmp_path / fusion
     args = ["train", "--task", "vqa", "--dataset", "sort-of-clevr", "--fusion", fusion, "--out", str(out)]
-    assert main([*args, *TINY_FLAGS]) == 0
+    flips = ["--flips"] if fusion == "film" else []  # the dataset option from the command line
+    assert main([*args, *TINY_FLAGS, *flips]) == 0
     assert "accuracy relational" in capsys.readouterr().out
-    test = json.loads((out / "metrics.json").read_text())["test"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["dataset_options"].get("flips", False) is (fusion == "film")
+    test = metrics["test"]
     assert set(test["accuracy_by_type"]) == {"relational", "non_relational"}
     assert set(test["accuracy_by_subtype"]) == set(soc.QUESTION_SUBTYPES)
     assert test["count"] == 60 and 0.0 <= test["accuracy"] <= 1.0

@@ -131,6 +131,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         help="scenes: test gallery pairs (1000); easy-vqa: images (1000); sort-of-clevr: images (200)",
     )
+    data.add_argument(
+        "--flips",
+        action=argparse.BooleanOptionalAction,
+        help="sort-of-clevr: flip training images at random, answers following (default: off)",
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:

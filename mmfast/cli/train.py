@@ -29,6 +29,7 @@ DATASET_OPTIONS = (
     "num_train",
     "num_val",
     "num_test",
+    "flips",
 )
 
 
