@@ -43,7 +43,8 @@ def load_dataset(name: str, split: str, *, seed: int = 0, **options: Any) -> Dat
         options: dataset options (av-digits: ``image_size``, ``corrupt_images``,
             ``corruption_strength``, ``normalize_audio``; synthetic: ``num_samples``,
             ``num_classes``, ``difficulty``, ``image_size``, ``n_mels``; scenes and easy-vqa:
-            ``num_train``, ``num_val``, ``num_test``, ``image_size``; sort-of-clevr likewise).
+            ``num_train``, ``num_val``, ``num_test``, ``image_size``; sort-of-clevr likewise, and
+            ``flips``: random flips of the training images).
 
     Batch the samples with :func:`mmfast.data.collate`.
     """
