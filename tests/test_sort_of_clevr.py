@@ -27,6 +27,7 @@ from mmfast.models.vqa import (
     FiLMFusion,
     FiLMPixelCNN,
     VQAModel,
+    coordinate_conv,
     coordinate_maps,
     vqa_model_settings,
 )
@@ -318,6 +319,42 @@ def test_coordinate_maps_and_model_defaults() -> None:
     assert TrainConfig(task="vqa", dataset="sort-of-clevr", lr=0.5).lr == 0.5
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(3, 2, 1), (1, 1, 0), (3, 1, 2)])
+def test_coordinate_conv_is_the_convolution_of_the_concatenation(
+    kernel: int, stride: int, padding: int, channels_last: bool
+) -> None:
+    """coordinate_conv(conv, x) == conv(cat(x, coordinate_maps(x))): output and every gradient
+    (x, weight, bias), odd sizes, both layouts; the output keeps x's layout."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5 + 2, 4, kernel, stride=stride, padding=padding).double()
+    x = torch.randn(3, 5, 9, 7, dtype=torch.float64)
+    if channels_last:
+        conv.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    expected = conv(torch.cat([x, coordinate_maps(x)], dim=1))
+    got = coordinate_conv(conv, x)
+    torch.testing.assert_close(got, expected)
+    assert stored_channels_last(got) == channels_last
+    grad = torch.randn_like(expected)
+    params = [x, conv.weight, conv.bias]
+    for g_got, g_expected in zip(
+        torch.autograd.grad(got, params, grad), torch.autograd.grad(expected, params, grad)
+    ):
+        torch.testing.assert_close(g_got, g_expected)
+
+
+def test_coordinate_conv_refuses_a_convolution_it_does_not_equal() -> None:
+    x = torch.randn(2, 5, 6, 6)
+    with pytest.raises(ValueError, match="coordinate_conv: expected a zero-padded, ungrouped Conv2d over 5 \\+ 2"):
+        coordinate_conv(torch.nn.Conv2d(5, 4, 3), x)
+    with pytest.raises(ValueError, match="zero-padded"):
+        coordinate_conv(torch.nn.Conv2d(7, 4, 3, padding=1, padding_mode="reflect"), x)
+    with pytest.raises(ValueError, match="ungrouped"):
+        coordinate_conv(torch.nn.Conv2d(7, 7, 3, groups=7), x)
+
+
 @pytest.mark.parametrize("how", ["setting", "module.to"])
 def test_film_from_the_pixels_runs_channels_last(how: str) -> None:
     """With ``channels_last=True`` (Sort-of-CLEVR's setting), or after
@@ -334,11 +371,14 @@ def test_film_from_the_pixels_runs_channels_last(how: str) -> None:
         cnn.to(memory_format=torch.channels_last)
     assert all(conv.weight.is_contiguous(memory_format=torch.channels_last) for conv in cnn.convs)
     seen = []
-    for module in [*cnn.convs[1:], *cnn.norms, *cnn.films]:
+    for module in [*cnn.norms, *cnn.films]:
         module.register_forward_pre_hook(lambda _, inputs: seen.append(stored_channels_last(inputs[0])))
+    # A FiLM's output, through a ReLU, is the next convolution's input.
+    for film in cnn.films:
+        film.register_forward_hook(lambda _, inputs, output: seen.append(stored_channels_last(output)))
     images, questions = torch.rand(3, 3, 21, 17), torch.randn(3, 5)
     out = cnn(images, questions)
-    assert len(seen) == 11 and all(seen)
+    assert len(seen) == 12 and all(seen)
     maps = coordinate_maps(torch.zeros(2, 5, 3, 4).contiguous(memory_format=torch.channels_last))
     assert maps.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(maps, coordinate_maps(torch.zeros(2, 5, 3, 4)))
