@@ -347,7 +347,8 @@ def test_coordinate_conv_is_the_convolution_of_the_concatenation(
 
 def test_coordinate_conv_refuses_a_convolution_it_does_not_equal() -> None:
     x = torch.randn(2, 5, 6, 6)
-    with pytest.raises(ValueError, match="coordinate_conv: expected a zero-padded, ungrouped Conv2d over 5 \\+ 2"):
+    expected = "coordinate_conv: expected a zero-padded, ungrouped Conv2d over 5 \\+ 2"
+    with pytest.raises(ValueError, match=expected):
         coordinate_conv(torch.nn.Conv2d(5, 4, 3), x)
     with pytest.raises(ValueError, match="zero-padded"):
         coordinate_conv(torch.nn.Conv2d(7, 4, 3, padding=1, padding_mode="reflect"), x)
