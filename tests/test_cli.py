@@ -14,8 +14,10 @@ import torch
 from mmfast.cli import main
 from mmfast.cli.parser import build_parser
 from mmfast.cli.train import config_from_args
+from mmfast.train.checkpoint import load_checkpoint
 from mmfast.train.config import TrainConfig, config_defaults
 from mmfast.train.metrics import METRIC_NAMES
+from mmfast.train.records import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = [
@@ -96,6 +98,26 @@ def test_train_writes_metrics_and_evaluate_reads_the_checkpoint(tmp_path, capsys
     assert main(["evaluate", str(out / "best.pt"), "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["accuracy"] == metrics["test"]["accuracy"]
+
+
+def test_two_runs_of_a_seed_agree_bit_for_bit_with_the_aten_engine(tmp_path) -> None:
+    """The README's recipe for a reproducible run: with MMFAST_CPU_GEMM=aten (no timed engine
+    choice) two processes training the same seed end with the same weights and losses."""
+    runs = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        environment = {**os.environ, "PYTHONPATH": str(REPO), "MMFAST_CPU_GEMM": "aten"}
+        completed = subprocess.run(
+            [sys.executable, "-m", "mmfast", *TINY_TRAIN, "--epochs", "2", "--seed", "3", "--out", str(out)],
+            capture_output=True, text=True, env=environment, timeout=120,
+        )  # fmt: skip
+        assert completed.returncode == 0, completed.stderr
+        runs.append(out)
+    first, second = (load_checkpoint(out / "last.pt")["model"] for out in runs)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    losses = [[record["train_loss"] for record in read_jsonl(out / "log.jsonl")] for out in runs]
+    assert losses[0] == losses[1] and len(losses[0]) == 2
 
 
 def test_info_lists_versions_build_and_backends(capsys) -> None:
