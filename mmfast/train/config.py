@@ -15,8 +15,8 @@ TASK_EPOCHS = {"classification": 10, "retrieval": 10, "vqa": 4}
 # Datasets whose default number of epochs is not their task's: Sort-of-CLEVR's 192k training
 # questions (20 per image) at batch 64 are 3,000 steps an epoch; the film model learns the
 # non-relational questions in 2-3 epochs, the count questions in the 3rd to 6th, and closest /
-# furthest still climb after that; 10 epochs of the channels-last network take about 24 minutes on
-# 2 cores, within the 30 the task allows (the README's Sort-of-CLEVR section).
+# furthest still climb after that; 10 epochs took 28.8 to 33.9 minutes on a 2-core AMD EPYC Zen 4 VM
+# (the task allows 30; the README's Sort-of-CLEVR section says which run took what).
 DATASET_EPOCHS = {"sort-of-clevr": 10}
 # AdamW's peak learning rate when `TrainConfig.lr` is not given, and the datasets whose own differs:
 # on Sort-of-CLEVR the film model stays on the global-counts plateau at 3e-3 and leaves it at 1e-3.
