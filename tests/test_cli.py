@@ -26,8 +26,9 @@ TINY_TRAIN = [
 ]  # fmt: skip
 
 
-def _mmfast(*args: str) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+def _mmfast(*args: str, **variables: str) -> subprocess.CompletedProcess:
+    """``python -m mmfast ARGS`` in a subprocess, with extra environment `variables`."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **variables}
     return subprocess.run(
         [sys.executable, "-m", "mmfast", *args], capture_output=True, text=True, env=environment, timeout=120
     )
@@ -106,11 +107,8 @@ def test_two_runs_of_a_seed_agree_bit_for_bit_with_the_aten_engine(tmp_path) -> 
     runs = []
     for name in ("first", "second"):
         out = tmp_path / name
-        environment = {**os.environ, "PYTHONPATH": str(REPO), "MMFAST_CPU_GEMM": "aten"}
-        completed = subprocess.run(
-            [sys.executable, "-m", "mmfast", *TINY_TRAIN, "--epochs", "2", "--seed", "3", "--out", str(out)],
-            capture_output=True, text=True, env=environment, timeout=120,
-        )  # fmt: skip
+        args = [*TINY_TRAIN, "--epochs", "2", "--seed", "3", "--out", str(out)]
+        completed = _mmfast(*args, MMFAST_CPU_GEMM="aten")
         assert completed.returncode == 0, completed.stderr
         runs.append(out)
     first, second = (load_checkpoint(out / "last.pt")["model"] for out in runs)
