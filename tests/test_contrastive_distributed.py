@@ -5,17 +5,12 @@ batch: the mean of the local losses is the global loss, and every gradient DDP a
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from tests._contrastive_ddp_worker import CASES, TwoTowers, global_batch
+from tests._torchrun import run_two_processes
 
-REPO = Path(__file__).resolve().parents[1]
 PER_PROCESS_BATCH = 6
 # float64 throughout; the two sides sum the same terms in another grouping (per rank, then the
 # all-reduce), so only rounding separates them.
@@ -25,13 +20,7 @@ TIGHT = {"rtol": 1e-10, "atol": 1e-12}
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("contrastive_ddp")
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-        str(REPO / "tests" / "_contrastive_ddp_worker.py"), str(out), str(PER_PROCESS_BATCH),
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_two_processes("_contrastive_ddp_worker.py", str(out), str(PER_PROCESS_BATCH), timeout=120)
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
 
 

@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
 from mmfast.train.checkpoint import load_checkpoint
 from mmfast.train.trainer import Trainer
+from tests._torchrun import run_two_processes
 from tests._train_configs import ddp_config
 
-REPO = Path(__file__).resolve().parents[1]
 PER_PROCESS_BATCH = 16
 
 
 def test_two_processes_stay_identical_and_match_one_process_on_the_global_batch(tmp_path) -> None:
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-        str(REPO / "tests" / "_ddp_worker.py"), str(tmp_path), str(PER_PROCESS_BATCH),
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=240)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_two_processes("_ddp_worker.py", str(tmp_path), str(PER_PROCESS_BATCH), timeout=240)
 
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
